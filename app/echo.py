@@ -1,0 +1,128 @@
+"""The echo protocol, apart from any I/O: event in, the message to send back out.
+
+Both echo consumers drive one ``EchoSession`` per connection, so the sync and the async
+consumer cannot drift apart, and the rules can be tested without a server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from app import protocol
+from app.protocol import CloseCode, ConnectionState, Message, Scope, ServerFeatures
+
+logger = logging.getLogger("app.ws")
+
+_connection_ids = itertools.count(1)
+
+
+def connection_logger(scope: Scope, consumer: str) -> logging.LoggerAdapter:
+    """A logger per connection: every line names the connection, its client and its path."""
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else "-"
+    prefix = f"[ws#{next(_connection_ids)} {consumer} {peer} {scope.get('path', '')}]"
+    return _PrefixAdapter(logger, {"connection": prefix})
+
+
+class _PrefixAdapter(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"{self.extra['connection']} {msg}", kwargs
+
+
+def choose_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """The first subprotocol the client offered that we support; never one it did not offer."""
+    for name in offered:
+        if name in supported:
+            return name
+    return None
+
+
+def utf8_length_over(text: str, limit: int) -> int | None:
+    """The UTF-8 length of ``text`` if it is over ``limit``, else None, encoding only when needed."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return size if size > limit else None
+
+
+@dataclass
+class EchoSession:
+    """One echo connection's state and rules.
+
+    ``max_message_bytes`` (default ``ECHO_MAX_MESSAGE_BYTES``, 256 KiB) is the largest message
+    echoed; a larger one closes the connection with 1009 MESSAGE_TOO_BIG.
+    """
+
+    consumer: str
+    scope: Scope
+    supported_subprotocols: Sequence[str] = ()
+    max_message_bytes: int = 256 * 1024
+    state: ConnectionState = ConnectionState.CONNECTING
+    features: ServerFeatures = field(init=False)
+    log: logging.LoggerAdapter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = ServerFeatures.from_scope(self.scope)
+        self.log = connection_logger(self.scope, self.consumer)
+
+    @classmethod
+    def from_settings(cls, scope: Scope, consumer: str) -> EchoSession:
+        return cls(
+            consumer=consumer,
+            scope=scope,
+            supported_subprotocols=settings.ECHO_SUBPROTOCOLS,
+            max_message_bytes=settings.ECHO_MAX_MESSAGE_BYTES,
+        )
+
+    def accept(self) -> Message:
+        """The ``websocket.accept`` answering ``websocket.connect``."""
+        subprotocol = choose_subprotocol(
+            self.scope.get("subprotocols") or (), self.supported_subprotocols
+        )
+        self.state = ConnectionState.OPEN
+        self.log.info("accepted subprotocol=%s", subprotocol)
+        return protocol.accept(subprotocol, headers=[("x-echo-consumer", self.consumer)])
+
+    def reply(self, event: Message) -> Message | None:
+        """What to send for a ``websocket.receive``: its echo, a close, or nothing once closing."""
+        if self.state is not ConnectionState.OPEN:
+            return None  # the client sent while we were closing: the close already said why
+        text, data = event.get("text"), event.get("bytes")
+        if isinstance(text, str) and data is None:
+            too_big = utf8_length_over(text, self.max_message_bytes)
+            return (
+                self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big(too_big))
+                if too_big
+                else protocol.send_text(text)
+            )
+        if isinstance(data, bytes | bytearray) and text is None:
+            if len(data) > self.max_message_bytes:
+                return self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big(len(data)))
+            return protocol.send_bytes(bytes(data))
+        return self.close(
+            CloseCode.UNSUPPORTED_DATA,
+            "receive event must carry exactly one of text (str) or bytes",
+        )
+
+    def close(self, code: CloseCode, reason: str) -> Message:
+        """A server-initiated close: logged once with its cause, then the connection is closing."""
+        sent = self.features.close_code(code)
+        self.state = ConnectionState.CLOSING
+        self.log.info("closing %s: %s", CloseCode.describe(sent), reason)
+        return protocol.close(sent, reason)
+
+    def disconnected(self, event: Message) -> None:
+        """Record ``websocket.disconnect``: the code (and reason, on servers that pass one)."""
+        self.state = ConnectionState.CLOSED
+        reason = event.get("reason") or ""
+        self.log.info(
+            "disconnected code=%s reason=%r", CloseCode.describe(event.get("code")), reason
+        )
+
+    def _too_big(self, size: int) -> str:
+        return f"message of {size} bytes exceeds the {self.max_message_bytes}-byte limit"

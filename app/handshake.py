@@ -1,0 +1,87 @@
+"""Refusals before ``websocket.accept``: a foreign Origin, an unknown path.
+
+Stock Channels refuses a foreign Origin silently (channels#2062) and answers an unknown
+path with a ``ValueError`` (HTTP 500 and a traceback). Here each refusal is an HTTP status
+with a one-line body where the server supports the ``websocket.http.response`` extension
+(uvicorn), a plain 403 where it does not (daphne), and always one WARNING log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from urllib.parse import urlparse
+
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+
+from app.protocol import ASGIApp, Receive, Scope, Send, ServerFeatures, header
+
+logger = logging.getLogger("app.handshake")
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, status: HTTPStatus, why: str) -> None:
+    """Refuse a WebSocket handshake with ``status`` (403 on servers without denial responses)."""
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else "-"
+    logger.warning("refused %s %s: %d %s", peer, scope.get("path"), status, why)
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return  # the client left before the handshake finished
+    if ServerFeatures.from_scope(scope).denial_response:
+        body = f"{status} {status.phrase}: {why}\n".encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": int(status),
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close"})
+
+
+async def unknown_route(scope: Scope, receive: Receive, send: Send) -> None:
+    """The last WebSocket route: anything no other route matched gets a 404."""
+    await refuse(scope, receive, send, HTTPStatus.NOT_FOUND, "no WebSocket route at this path")
+
+
+class LoggedOriginValidator(OriginValidator):
+    """Channels' ``OriginValidator``, saying why it refuses, with a policy for no Origin at all.
+
+    Browsers always send ``Origin`` on a WebSocket handshake, and a foreign one is how a
+    cross-site page would hijack a user's session: refused with 403. A handshake with no
+    ``Origin`` comes from a non-browser client (a script, a load tester) that could send any
+    Origin it liked, so refusing it protects nothing; ``WEBSOCKET_ALLOW_MISSING_ORIGIN``
+    (default True) lets it in.
+    """
+
+    def __init__(
+        self, application: ASGIApp, allowed_origins: list[str], *, allow_missing: bool = True
+    ):
+        super().__init__(application, allowed_origins)
+        self.allow_missing = allow_missing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = header(scope, b"origin")
+        if raw is None and self.allow_missing:
+            return await self.application(scope, receive, send)
+        origin = raw.decode("latin-1") if raw is not None else None
+        if origin is not None and self.valid_origin(urlparse(origin)):
+            return await self.application(scope, receive, send)
+        why = f"Origin {origin!r} is not allowed" if origin is not None else "no Origin header"
+        return await refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why)
+
+
+def allowed_hosts_origin_validator(application: ASGIApp) -> LoggedOriginValidator:
+    """Like Channels' ``AllowedHostsOriginValidator``: the allowed Origins are ``ALLOWED_HOSTS``."""
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:
+        allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]
+    return LoggedOriginValidator(
+        application, allowed_hosts, allow_missing=settings.WEBSOCKET_ALLOW_MISSING_ORIGIN
+    )

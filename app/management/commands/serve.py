@@ -1,0 +1,33 @@
+"""``python manage.py serve``: the project under uvicorn, with its settings checked first."""
+
+from __future__ import annotations
+
+import uvicorn
+from django.core.management.base import BaseCommand, CommandError
+
+from app.server import uvicorn_config
+from app.startup import StartupError, check_startup
+
+
+class Command(BaseCommand):
+    help = "Serve HTTP and WebSocket with uvicorn (autoreload with --reload, processes with --workers)."
+    requires_system_checks = []  # check_startup runs them, with a one-line error instead of a report
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+        )
+        parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+        parser.add_argument(
+            "--reload", action="store_true", help="restart when Python code changes"
+        )
+        parser.add_argument(
+            "--workers", type=int, default=None, help="server processes (needs REDIS_URL)"
+        )
+
+    def handle(self, *args, host: str, port: int, reload: bool, workers: int | None, **options):
+        try:
+            check_startup(host=host, port=port, workers=workers)
+        except StartupError as error:
+            raise CommandError(str(error)) from None
+        uvicorn.run(**uvicorn_config(host=host, port=port, reload=reload, workers=workers))

@@ -1,0 +1,58 @@
+"""How this project runs under uvicorn: the one server that carries the whole ASGI WebSocket spec.
+
+``python manage.py serve`` uses ``uvicorn_config``; tests and benchmarks start the same
+command, so what is tested is what runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from app.protocol import Message
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's default WebSocket protocol, marking the handshake done after a denial response.
+
+    Without this, every refused handshake (a 403 or 404 sent through the
+    ``websocket.http.response`` extension) also logs "ASGI callable returned without
+    completing handshake" at ERROR (uvicorn PR #3138, open at the time of writing).
+    """
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
+
+
+def uvicorn_config(
+    *, host: str = "127.0.0.1", port: int = 8000, reload: bool = False, workers: int | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run``, every choice deliberate.
+
+    - ``ws_max_size`` is the server's frame limit, set above the application's
+      ``ECHO_MAX_MESSAGE_BYTES`` so that the application, which can say why, refuses first.
+    - ``timeout_graceful_shutdown``: on SIGTERM uvicorn sends every WebSocket 1012 SERVICE_RESTART
+      and waits at most this long for the consumers to finish.
+    """
+    return {
+        "app": "project.asgi:application",
+        "host": host,
+        "port": port,
+        "reload": reload,
+        "reload_dirs": [str(settings.BASE_DIR / "app"), str(settings.BASE_DIR / "project")]
+        if reload
+        else None,
+        "workers": workers,
+        "ws": WebSocketProtocol,
+        "ws_max_size": settings.SERVER_MAX_MESSAGE_BYTES,
+        "ws_per_message_deflate": False,  # echo payloads are the client's; compressing them only costs CPU
+        "lifespan": "off",  # Channels' ProtocolTypeRouter has no lifespan handler
+        "timeout_graceful_shutdown": 5,
+        "proxy_headers": settings.BEHIND_PROXY,
+        "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
+        "log_level": settings.LOG_LEVEL.lower(),
+    }

@@ -1,0 +1,8 @@
+from django.urls import path, re_path
+
+from app import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    re_path(r"^ws/", views.websocket_only, name="websocket-only"),
+]
