@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -61,3 +62,39 @@ def communicator_factory():
     for communicator in made:
         if not communicator.future.done():
             communicator.future.cancel()
+
+
+@pytest.fixture(scope="session")
+def server_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for server processes: a migrated SQLite database of their own."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    env = {"DJANGO_DB_PATH": str(tmp_path_factory.mktemp("server-db") / "db.sqlite3")}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+    )
+    return env
+
+
+@pytest.fixture(scope="session", params=["uvicorn", "daphne"])
+def asgi_server(request, server_env):
+    """The project under each real server, shared by the tests of a session."""
+    from tests.servers import LiveServer
+
+    server = LiveServer(request.param, env=server_env).wait_ready()
+    yield server
+    server.stop()
+    assert_clean_log(server.log())
+
+
+def assert_clean_log(log: str) -> None:
+    """A server log after a test run holds no traceback and no ERROR line."""
+    assert "Traceback" not in log, log
+    bad = [line for line in log.splitlines() if re.match(r"(\S+ \S+ )?(ERROR|CRITICAL)\b", line)]
+    assert not bad, "\n".join(bad)

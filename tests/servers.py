@@ -1,0 +1,130 @@
+"""Real server processes for end-to-end tests, browser tests and benchmarks.
+
+``LiveServer`` starts the project under uvicorn (``manage.py serve``, exactly the run command)
+or daphne on a free loopback port, waits until the port answers, and on ``stop()`` sends
+SIGTERM and keeps the log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ("uvicorn", "daphne")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_command(kind: str, port: int, app: str = "project.asgi:application") -> list[str]:
+    """The command line for ``kind``; uvicorn goes through ``manage.py serve`` like the run command."""
+    if kind == "uvicorn":
+        if app != "project.asgi:application":
+            return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--lifespan", "off"]
+        return [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if kind == "runserver":  # Django's development server, which is daphne's
+        return [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    if kind == "daphne":
+        limit = str(settings.SERVER_MAX_MESSAGE_BYTES)
+        return [
+            sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+            "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
+            app,
+        ]  # fmt: skip
+    raise ValueError(f"unknown server {kind!r}")
+
+
+class LiveServer:
+    """One server process on a free loopback port."""
+
+    def __init__(
+        self, kind: str, *, env: dict[str, str] | None = None, app: str = "project.asgi:application"
+    ):
+        self.kind = kind
+        self.port = free_port()
+        self.log_file = tempfile.NamedTemporaryFile(prefix=f"{kind}-", suffix=".log", delete=False)  # noqa: SIM115
+        full_env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process = subprocess.Popen(
+            server_command(kind, self.port, app),
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.returncode: int | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> LiveServer:
+        """Block until the port accepts a connection; fail with the log if the process dies first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.kind} exited with {self.process.returncode}:\n{self.log()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)  # poll interval while the port is not yet open
+        raise TimeoutError(
+            f"{self.kind} did not open port {self.port} in {timeout}s:\n{self.log()}"
+        )
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
+        """Wait until a log line matches ``pattern`` (a regex) and return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.log())
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no log line matching {pattern!r} in {timeout}s:\n{self.log()}")
+            time.sleep(0.05)  # poll interval of the log file
+
+    def terminate(self) -> None:
+        """Send SIGTERM, as a process manager does."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        self.terminate()
+        try:
+            self.returncode = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.returncode = self.process.wait()
+        self.log_file.close()
+        return self.returncode
+
+    def __enter__(self) -> LiveServer:
+        return self.wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
