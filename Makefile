@@ -30,3 +30,8 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## screenshot: regenerate docs/screenshot.png and docs/screenshot-phone.png from the live page
+screenshot: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python -m tests.screenshot

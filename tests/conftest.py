@@ -82,15 +82,35 @@ def server_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session", params=["uvicorn", "daphne"])
-def asgi_server(request, server_env):
-    """The project under each real server, shared by the tests of a session."""
+@pytest.fixture(scope="session")
+def shared_servers(server_env):
+    """Server processes started on first use and shared by the whole session."""
     from tests.servers import LiveServer
 
-    server = LiveServer(request.param, env=server_env).wait_ready()
-    yield server
-    server.stop()
-    assert_clean_log(server.log())
+    started: dict[str, LiveServer] = {}
+
+    def get(kind: str) -> LiveServer:
+        if kind not in started:
+            started[kind] = LiveServer(kind, env=server_env).wait_ready()
+        return started[kind]
+
+    yield get
+    for server in started.values():
+        server.stop()
+    for server in started.values():
+        assert_clean_log(server.log())
+
+
+@pytest.fixture(scope="session", params=["uvicorn", "daphne"])
+def asgi_server(request, shared_servers):
+    """The project under each real server."""
+    return shared_servers(request.param)
+
+
+@pytest.fixture(scope="session")
+def uvicorn_server(shared_servers):
+    """The project under uvicorn, as the run command serves it."""
+    return shared_servers("uvicorn")
 
 
 def assert_clean_log(log: str) -> None:

@@ -1,0 +1,36 @@
+"""Headless Chromium from Debian, driven by Playwright; no browser download is ever needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+#: Debian's chromium; CHROMIUM_PATH overrides it on other systems.
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+
+#: Without the background-networking flags Chromium tries hosts it cannot reach here.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+def launch(playwright):
+    """A headless Chromium from ``playwright.chromium``."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

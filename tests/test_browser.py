@@ -1,0 +1,163 @@
+"""The demo page in headless Chromium against the project under uvicorn, for both consumers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser import chromium_missing, launch
+
+pytestmark = pytest.mark.browser
+
+if reason := chromium_missing():
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, uvicorn_server):
+    """A fresh page on the live server; fails the test if the console showed any error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(uvicorn_server.http_url + "/")
+    yield page
+    context.close()
+    assert errors == [], f"browser console errors: {errors}"
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request) -> str:
+    return request.param
+
+
+def entries(page: Page, kind: str):
+    return page.locator(f"#log li[data-kind='{kind}']")
+
+
+def connect(page: Page, kind: str, subprotocols: str = "") -> None:
+    page.select_option("#consumer", kind)
+    page.fill("#subprotocols", subprotocols)
+    page.click("#connect")
+    expect(page.locator("#state")).to_have_text("open")
+
+
+def send_text(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def test_connect_shows_the_negotiated_subprotocol(page, kind):
+    connect(page, kind)
+    expect(entries(page, "open").last).to_contain_text(
+        f"connected to the {kind} consumer; subprotocol: (none)"
+    )
+    page.click("#close")
+    expect(page.locator("#state")).to_have_text("closed")
+    connect(page, kind, "chat.v9, echo.v1")
+    expect(entries(page, "open").last).to_contain_text("subprotocol: echo.v1")
+
+
+def test_text_echoes_with_round_trip_time_and_in_order(page, kind):
+    connect(page, kind)
+    send_text(page, "hello \U0001f600")
+    received = entries(page, "received")
+    expect(received.first).to_contain_text(re.compile(r"text, 10 bytes in \d+\.\d ms"))
+    expect(received.first.locator(".detail")).to_have_text("hello \U0001f600")
+    for i in range(5):
+        send_text(page, f"quick {i}")
+    expect(received).to_have_count(6)
+    assert received.locator(".detail").all_inner_texts()[1:] == [f"quick {i}" for i in range(5)]
+
+
+def test_binary_of_a_chosen_size_echoes_with_its_length(page, kind):
+    connect(page, kind)
+    page.fill("#binary-size", "1234")
+    page.click("#send-binary")
+    expect(entries(page, "received").last).to_contain_text(
+        re.compile(r"binary, 1234 bytes in \d+\.\d ms")
+    )
+
+
+def test_over_the_limit_shows_the_servers_1009_close(page, kind):
+    connect(page, kind)
+    page.click("#send-oversize")
+    expect(entries(page, "close").last).to_contain_text(
+        f'code 1009 (Message Too Big) reason "message of {LIMIT + 1} bytes exceeds the {LIMIT}-byte limit", wasClean true'
+    )
+    expect(page.locator("#state")).to_have_text("closed")
+
+
+def test_close_from_the_page_with_4000_reaches_the_server_and_reconnects(
+    page, kind, uvicorn_server
+):
+    connect(page, kind)
+    page.fill("#close-code", "4000")
+    page.fill("#close-reason", "bye from the page")
+    page.click("#close")
+    expect(entries(page, "close").last).to_contain_text(
+        'code 4000 (application) reason "bye from the page", wasClean true'
+    )
+    uvicorn_server.wait_for_log(
+        re.escape("disconnected code=4000 application-defined reason='bye from the page'")
+    )
+    # Reconnect on the same page, no reload.
+    connect(page, kind)
+    send_text(page, "again")
+    expect(entries(page, "received").last.locator(".detail")).to_have_text("again")
+    expect(entries(page, "open")).to_have_count(2)
+
+
+@pytest.mark.parametrize(
+    "payload", ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=1</script>"]
+)
+def test_echoed_markup_is_shown_as_text_and_never_runs(page, kind, payload):
+    connect(page, kind)
+    send_text(page, payload)
+    expect(entries(page, "received").last.locator(".detail")).to_have_text(payload)
+    assert page.locator("#log img, #log script").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+
+def test_clear_log_empties_it(page):
+    connect(page, "async")
+    expect(page.locator("#log li")).not_to_have_count(0)
+    page.click("#clear-log")
+    expect(page.locator("#log li")).to_have_count(0)
+    expect(page.locator("#state")).to_have_text("open")  # clearing the log keeps the connection
+
+
+def test_controls_follow_the_connection_state(page):
+    expect(page.locator("#state")).to_have_text("closed")
+    expect(page.locator("#send-text")).to_be_disabled()
+    connect(page, "sync")
+    expect(page.locator("#send-text")).to_be_enabled()
+    expect(page.locator("#connect")).to_be_disabled()
+
+
+def test_phone_width_keeps_the_controls_on_screen(browser, uvicorn_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(uvicorn_server.http_url + "/")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
+    for control in ("#connect", "#send-text", "#clear-log"):
+        box = page.locator(control).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+    context.close()
