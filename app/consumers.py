@@ -1,50 +1,160 @@
-"""The echo consumers: one ``SyncConsumer`` and one ``AsyncConsumer``, handler for handler.
+"""The consumers: one ``SyncConsumer`` and one ``AsyncConsumer`` of each, handler for handler.
 
 Channels calls the method named after each message type (``websocket.connect`` ->
-``websocket_connect``). Both consumers hand the event to an ``EchoSession``, which holds
+``websocket_connect``). Both consumers hand the event to a ``Session``, which holds
 the rules, and send what it returns; read either class top to bottom to follow the spec.
+``LeanSyncConsumer`` and ``LeanAsyncConsumer`` (``app/dispatch.py``) are Channels' own base
+classes with the per-message overhead taken out; the handlers are exactly as Channels calls them.
 """
 
 from __future__ import annotations
 
-from channels.consumer import AsyncConsumer, SyncConsumer
+import contextlib
+from http import HTTPStatus
+
+from asgiref.sync import async_to_sync
 from channels.exceptions import StopConsumer
 
-from app.echo import EchoSession
-from app.protocol import Message
+from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
+from app.handshake import denial
+from app.layers import LAYER_ERRORS
+from app.protocol import ConnectionState, Message, Scope
+from app.rooms import InvalidRoom, Room, forward, room_event
+from app.session import Session
 
 
-class EchoSyncConsumer(SyncConsumer):
-    """Echo in plain blocking code; Channels runs the handlers in a worker thread."""
+class EchoSyncConsumer(LeanSyncConsumer):
+    """Echo in plain blocking code; the handlers run in a worker thread."""
 
     channel_layer_alias = None  # echo needs no channel layer, so it pays for none
+    uses_database = False
 
     def websocket_connect(self, event: Message) -> None:
-        self.echo = EchoSession.from_settings(self.scope, consumer="sync")
-        self.send(self.echo.accept())
+        self.session = Session.from_settings(self.scope, consumer="sync")
+        self.send(self.session.accept())
 
     def websocket_receive(self, event: Message) -> None:
-        if reply := self.echo.reply(event):
+        if reply := self.session.reply(event):
             self.send(reply)
 
     def websocket_disconnect(self, event: Message) -> None:
-        self.echo.disconnected(event)
+        self.session.disconnected(event)
         raise StopConsumer()
 
 
-class EchoAsyncConsumer(AsyncConsumer):
+class EchoAsyncConsumer(LeanAsyncConsumer):
     """The same echo as coroutines, on the server's event loop."""
 
     channel_layer_alias = None
+    uses_database = False
 
     async def websocket_connect(self, event: Message) -> None:
-        self.echo = EchoSession.from_settings(self.scope, consumer="async")
-        await self.send(self.echo.accept())
+        self.session = Session.from_settings(self.scope, consumer="async")
+        await self.send(self.session.accept())
 
     async def websocket_receive(self, event: Message) -> None:
-        if reply := self.echo.reply(event):
+        if reply := self.session.reply(event):
             await self.send(reply)
 
     async def websocket_disconnect(self, event: Message) -> None:
-        self.echo.disconnected(event)
+        self.session.disconnected(event)
         raise StopConsumer()
+
+
+class BroadcastSyncConsumer(LeanSyncConsumer):
+    """A room member in blocking code: what it receives goes to the whole room, itself included."""
+
+    uses_database = False
+
+    def websocket_connect(self, event: Message) -> None:
+        self.session = Session.from_settings(self.scope, consumer="sync")
+        try:
+            self.room = Room.from_scope(self.scope)
+            async_to_sync(self.channel_layer.group_add)(self.room.group, self.channel_name)
+        except (InvalidRoom, *LAYER_ERRORS) as error:
+            for message in room_refusal(self.scope, error):
+                self.send(message)
+            raise StopConsumer() from None
+        self.send(self.session.accept())
+
+    def websocket_receive(self, event: Message) -> None:
+        reply = self.session.reply(event)  # the echo, a close, or None
+        if reply and reply["type"] == "websocket.send":
+            reply = self.publish(room_event(reply))  # to the room instead; a close if that fails
+        if reply:
+            self.send(reply)
+
+    def room_message(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            self.send(forward(event))
+
+    def layer_unavailable(self, event: Message) -> None:
+        if close := self.session.layer_lost(event["error"]):
+            self.send(close)
+
+    def websocket_disconnect(self, event: Message) -> None:
+        self.session.disconnected(event)
+        if hasattr(self, "room"):
+            with contextlib.suppress(*LAYER_ERRORS):
+                async_to_sync(self.channel_layer.group_discard)(self.room.group, self.channel_name)
+        raise StopConsumer()
+
+    def publish(self, event: Message) -> Message | None:
+        try:
+            async_to_sync(self.channel_layer.group_send)(self.room.group, event)
+        except LAYER_ERRORS as error:
+            return self.session.layer_lost(error)
+        return None
+
+
+class BroadcastAsyncConsumer(LeanAsyncConsumer):
+    """The same room member as coroutines."""
+
+    uses_database = False
+
+    async def websocket_connect(self, event: Message) -> None:
+        self.session = Session.from_settings(self.scope, consumer="async")
+        try:
+            self.room = Room.from_scope(self.scope)
+            await self.channel_layer.group_add(self.room.group, self.channel_name)
+        except (InvalidRoom, *LAYER_ERRORS) as error:
+            for message in room_refusal(self.scope, error):
+                await self.send(message)
+            raise StopConsumer() from None
+        await self.send(self.session.accept())
+
+    async def websocket_receive(self, event: Message) -> None:
+        reply = self.session.reply(event)
+        if reply and reply["type"] == "websocket.send":
+            reply = await self.publish(room_event(reply))
+        if reply:
+            await self.send(reply)
+
+    async def room_message(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            await self.send(forward(event))
+
+    async def layer_unavailable(self, event: Message) -> None:
+        if close := self.session.layer_lost(event["error"]):
+            await self.send(close)
+
+    async def websocket_disconnect(self, event: Message) -> None:
+        self.session.disconnected(event)
+        if hasattr(self, "room"):
+            with contextlib.suppress(*LAYER_ERRORS):
+                await self.channel_layer.group_discard(self.room.group, self.channel_name)
+        raise StopConsumer()
+
+    async def publish(self, event: Message) -> Message | None:
+        try:
+            await self.channel_layer.group_send(self.room.group, event)
+        except LAYER_ERRORS as error:
+            return self.session.layer_lost(error)
+        return None
+
+
+def room_refusal(scope: Scope, error: Exception) -> list[Message]:
+    """The handshake refusal for a bad room name (400) or an unreachable channel layer (503)."""
+    if isinstance(error, InvalidRoom):
+        return denial(scope, HTTPStatus.BAD_REQUEST, str(error))
+    return denial(scope, HTTPStatus.SERVICE_UNAVAILABLE, f"channel layer unavailable: {error}")

@@ -15,34 +15,42 @@ from urllib.parse import urlparse
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from app.protocol import ASGIApp, Receive, Scope, Send, ServerFeatures, header
+from app.protocol import ASGIApp, Message, Receive, Scope, Send, ServerFeatures, header
 
 logger = logging.getLogger("app.handshake")
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send, status: HTTPStatus, why: str) -> None:
-    """Refuse a WebSocket handshake with ``status`` (403 on servers without denial responses)."""
+def denial(scope: Scope, status: HTTPStatus, why: str) -> list[Message]:
+    """The messages that refuse a handshake with ``status``, logged once with ``why``.
+
+    Sent in answer to ``websocket.connect``, before any ``websocket.accept``.
+    """
     client = scope.get("client")
     peer = f"{client[0]}:{client[1]}" if client else "-"
     logger.warning("refused %s %s: %d %s", peer, scope.get("path"), status, why)
+    if not ServerFeatures.from_scope(scope).denial_response:
+        return [{"type": "websocket.close"}]  # the server answers 403
+    body = f"{status} {status.phrase}: {why}\n".encode()
+    return [
+        {
+            "type": "websocket.http.response.start",
+            "status": int(status),
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        },
+        {"type": "websocket.http.response.body", "body": body},
+    ]
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, status: HTTPStatus, why: str) -> None:
+    """An ASGI app's refusal: wait for ``websocket.connect``, then send the ``denial``."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # the client left before the handshake finished
-    if ServerFeatures.from_scope(scope).denial_response:
-        body = f"{status} {status.phrase}: {why}\n".encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": int(status),
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close"})
+    for reply in denial(scope, status, why):
+        await send(reply)
 
 
 async def unknown_route(scope: Scope, receive: Receive, send: Send) -> None:

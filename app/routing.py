@@ -2,11 +2,27 @@
 
 from django.urls import path, re_path
 
-from app.consumers import EchoAsyncConsumer, EchoSyncConsumer
+from app.consumers import (
+    BroadcastAsyncConsumer,
+    BroadcastSyncConsumer,
+    EchoAsyncConsumer,
+    EchoSyncConsumer,
+)
 from app.handshake import unknown_route
 
 websocket_urlpatterns = [
     path("ws/echo/sync/", EchoSyncConsumer.as_asgi(), name="echo-sync"),
     path("ws/echo/async/", EchoAsyncConsumer.as_asgi(), name="echo-async"),
+    # Any room segment reaches the consumer, which refuses a bad name with a reason (400).
+    re_path(
+        r"^ws/broadcast/sync/(?P<room>[^/]*)/$",
+        BroadcastSyncConsumer.as_asgi(),
+        name="broadcast-sync",
+    ),
+    re_path(
+        r"^ws/broadcast/async/(?P<room>[^/]*)/$",
+        BroadcastAsyncConsumer.as_asgi(),
+        name="broadcast-async",
+    ),
     re_path(r"", unknown_route),
 ]

@@ -94,21 +94,55 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # Channel layer: in memory for one process; channels-redis when REDIS_URL is set.
+# REDIS_CHANNEL_LAYER picks channels-redis' layer: "core" (RedisChannelLayer, the default; see
+# docs/channel-layers.md for the measurement behind the choice) or "pubsub".
+# CHANNEL_CAPACITY: messages a channel holds for a slow reader before the layer drops (and we
+# log) the next. With "core", all consumers of one process share one Redis key, so this is
+# per process, not per connection. channels' default of 100 drops under a busy room's burst.
+# CHANNEL_EXPIRY: seconds an undelivered message waits before it is discarded.
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
+CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 10_000)
+CHANNEL_EXPIRY = env_int("CHANNEL_EXPIRY", 60)
+# redis-py 8 reads with a 5 s socket_timeout by default, the same 5 s that channels-redis blocks
+# in BZPOPMIN, so every idle receive fails with TimeoutError (channels_redis#422): read longer.
+REDIS_HOST = {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
+if not REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "app.layers.LoggingInMemoryChannelLayer",
+            "CONFIG": {"capacity": CHANNEL_CAPACITY, "expiry": CHANNEL_EXPIRY},
+        }
+    }
+elif REDIS_CHANNEL_LAYER == "core":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [REDIS_HOST],
+                "capacity": CHANNEL_CAPACITY,
+                "expiry": CHANNEL_EXPIRY,
+            },
+        }
+    }
+elif REDIS_CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_HOST]},
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    raise ImproperlyConfigured(
+        f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r}: expected core or pubsub"
+    )
 
 # The echo service.
 ECHO_SUBPROTOCOLS = env_list("ECHO_SUBPROTOCOLS", "echo.v1")
 ECHO_MAX_MESSAGE_BYTES = env_int("ECHO_MAX_MESSAGE_BYTES", 256 * 1024)
 WEBSOCKET_ALLOW_MISSING_ORIGIN = env_bool("WEBSOCKET_ALLOW_MISSING_ORIGIN", True)
+#: Threads that run SyncConsumer handlers; each blocking handler holds one while it runs.
+SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
@@ -119,6 +153,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "app": {"level": LOG_LEVEL},
+        # channels-redis reports channels over capacity (dropped messages) at INFO.
+        "channels_redis": {"level": "INFO"},
         "django": {"level": "INFO"},
     },
 }

@@ -11,6 +11,7 @@
   const sendControls = ["send-text", "send-binary", "binary-file", "send-oversize", "close"].map($);
 
   let socket = null;
+  let measureRtt = true;
   // The echo keeps order, so the oldest pending send is the one each echo answers.
   const pending = [];
 
@@ -68,12 +69,22 @@
     $("connect").disabled = name === "connecting" || name === "open" || name === "closing";
   }
 
+  function socketPath(mode, consumer) {
+    if (mode === "room") {
+      return `/ws/broadcast/${consumer}/${encodeURIComponent($("room").value.trim())}/`;
+    }
+    return `/ws/echo/${consumer}/`;
+  }
+
   function connect(event) {
     event.preventDefault();
+    const mode = $("mode").value;
     const consumer = $("consumer").value;
     const offered = $("subprotocols").value.split(",").map((s) => s.trim()).filter(Boolean);
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}/ws/echo/${consumer}/`;
+    const url = `${scheme}://${location.host}${socketPath(mode, consumer)}`;
+    // Round-trip times only mean something for echo: in a room, others' messages arrive too.
+    measureRtt = mode === "echo";
     pending.length = 0;
     try {
       socket = new WebSocket(url, offered);
@@ -87,10 +98,11 @@
     const ws = socket;
     ws.addEventListener("open", () => {
       setState("open");
-      addEntry("open", `connected to the ${consumer} consumer; subprotocol: ${ws.protocol || "(none)"}`);
+      const where = mode === "room" ? ` in room ${$("room").value.trim()}` : "";
+      addEntry("open", `connected to the ${consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}`);
     });
     ws.addEventListener("message", (msg) => {
-      const sentAt = pending.shift();
+      const sentAt = measureRtt ? pending.shift() : undefined;
       const rtt = sentAt === undefined ? "" : ` in ${(performance.now() - sentAt).toFixed(1)} ms`;
       if (typeof msg.data === "string") {
         const bytes = new TextEncoder().encode(msg.data).length;
@@ -115,7 +127,7 @@
       addEntry("error", "not connected");
       return;
     }
-    pending.push(performance.now());
+    if (measureRtt) pending.push(performance.now());
     socket.send(data);
     addEntry("sent", summary, detail);
   }
@@ -173,5 +185,6 @@
   $("binary-file").addEventListener("change", sendFile);
   $("send-oversize").addEventListener("click", sendOversize);
   $("clear-log").addEventListener("click", () => log.replaceChildren());
+  $("mode").addEventListener("change", () => { $("room-label").hidden = $("mode").value !== "room"; });
   setState("closed");
 })();

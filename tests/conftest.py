@@ -118,3 +118,15 @@ def assert_clean_log(log: str) -> None:
     assert "Traceback" not in log, log
     bad = [line for line in log.splitlines() if re.match(r"(\S+ \S+ )?(ERROR|CRITICAL)\b", line)]
     assert not bad, "\n".join(bad)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server for the session; skips with the reason where there is none."""
+    from tests.redis_server import RedisServer, redis_missing
+
+    if reason := redis_missing():
+        pytest.skip(reason)
+    server = RedisServer().start()
+    yield server
+    server.stop()

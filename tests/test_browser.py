@@ -161,3 +161,47 @@ def test_phone_width_keeps_the_controls_on_screen(browser, uvicorn_server):
         box = page.locator(control).bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
     context.close()
+
+
+def join_room(page: Page, room: str, kind: str) -> None:
+    page.select_option("#mode", "room")
+    page.fill("#room", room)
+    connect(page, kind)
+    expect(entries(page, "open").last).to_contain_text(
+        f"connected to the {kind} consumer in room {room}"
+    )
+
+
+def test_room_mode_shows_the_messages_of_others(browser, uvicorn_server):
+    """A sync member and an async member of one room, each on its own page."""
+    pages = []
+    for _ in range(2):
+        context = browser.new_context()
+        pages.append(context.new_page())
+        pages[-1].goto(uvicorn_server.http_url + "/")
+    alice, bob = pages
+    join_room(alice, "browser-room", "sync")
+    join_room(bob, "browser-room", "async")
+    send_text(alice, "hi from alice")
+    for page in pages:
+        expect(entries(page, "received").last.locator(".detail")).to_have_text("hi from alice")
+    expect(entries(bob, "received").last).not_to_contain_text(" ms")  # no round trip in a room
+    for page in pages:
+        page.context.close()
+
+
+def test_room_mode_shows_what_the_broadcast_command_pushes(browser, redis_server, server_env):
+    from tests.servers import LiveServer
+    from tests.test_redis import broadcast_command
+
+    with LiveServer("uvicorn", env={**server_env, "REDIS_URL": redis_server.url}) as server:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server.http_url + "/")
+        join_room(page, "pushed-room", "async")
+        result = broadcast_command(redis_server.url, "pushed-room", "news from the server")
+        assert result.returncode == 0, result.stderr
+        expect(entries(page, "received").last.locator(".detail")).to_have_text(
+            "news from the server"
+        )
+        context.close()

@@ -1,7 +1,7 @@
-"""The echo protocol, apart from any I/O: event in, the message to send back out.
+"""One connection's protocol rules, apart from any I/O: event in, the message to send out.
 
-Both echo consumers drive one ``EchoSession`` per connection, so the sync and the async
-consumer cannot drift apart, and the rules can be tested without a server.
+Every consumer drives one ``Session`` per connection, so the sync and the async consumers
+cannot drift apart, and the rules can be tested without a server.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def utf8_length_over(text: str, limit: int) -> int | None:
 
 
 @dataclass
-class EchoSession:
-    """One echo connection's state and rules.
+class Session:
+    """One connection's state and rules: subprotocol, size limit, closing, logging.
 
     ``max_message_bytes`` (default ``ECHO_MAX_MESSAGE_BYTES``, 256 KiB) is the largest message
     echoed; a larger one closes the connection with 1009 MESSAGE_TOO_BIG.
@@ -71,7 +71,7 @@ class EchoSession:
         self.log = connection_logger(self.scope, self.consumer)
 
     @classmethod
-    def from_settings(cls, scope: Scope, consumer: str) -> EchoSession:
+    def from_settings(cls, scope: Scope, consumer: str) -> Session:
         return cls(
             consumer=consumer,
             scope=scope,
@@ -89,7 +89,10 @@ class EchoSession:
         return protocol.accept(subprotocol, headers=[("x-echo-consumer", self.consumer)])
 
     def reply(self, event: Message) -> Message | None:
-        """What to send for a ``websocket.receive``: its echo, a close, or nothing once closing."""
+        """What to send for a ``websocket.receive``: its echo, a close, or nothing once closing.
+
+        Broadcast consumers send the echo to their room instead of back to the client.
+        """
         if self.state is not ConnectionState.OPEN:
             return None  # the client sent while we were closing: the close already said why
         text, data = event.get("text"), event.get("bytes")
@@ -109,12 +112,34 @@ class EchoSession:
             "receive event must carry exactly one of text (str) or bytes",
         )
 
-    def close(self, code: CloseCode, reason: str) -> Message:
-        """A server-initiated close: logged once with its cause, then the connection is closing."""
+    def close(
+        self, code: CloseCode, reason: str, *, level: int = logging.INFO, detail: str = ""
+    ) -> Message:
+        """A server-initiated close: logged once with its cause, then the connection is closing.
+
+        ``detail`` goes to the log only, never to the client.
+        """
         sent = self.features.close_code(code)
         self.state = ConnectionState.CLOSING
-        self.log.info("closing %s: %s", CloseCode.describe(sent), reason)
+        self.log.log(
+            level,
+            "closing %s: %s%s",
+            CloseCode.describe(sent),
+            reason,
+            f" ({detail})" if detail else "",
+        )
         return protocol.close(sent, reason)
+
+    def layer_lost(self, error: object) -> Message | None:
+        """The close for a channel layer that failed (1013: the client should retry later)."""
+        if self.state is not ConnectionState.OPEN:
+            return None
+        return self.close(
+            CloseCode.TRY_AGAIN_LATER,
+            "channel layer unavailable, try again later",
+            level=logging.WARNING,
+            detail=str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}",
+        )
 
     def disconnected(self, event: Message) -> None:
         """Record ``websocket.disconnect``: the code (and reason, on servers that pass one)."""

@@ -1,0 +1,152 @@
+"""The project's consumer base classes: Channels' ``AsyncConsumer`` and ``SyncConsumer``,
+with the per-message overhead taken out and a lost channel layer turned into an event.
+
+Handlers are still named after message types and called by ``dispatch``; what changes is
+how a message gets to ``dispatch``. Each change cites its cause in Channels 4.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import async_to_sync
+from channels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
+from channels.db import DatabaseSyncToAsync, aclose_old_connections
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from app.layers import LAYER_ERRORS
+from app.protocol import Message, Receive, Scope, Send
+
+logger = logging.getLogger("app.dispatch")
+
+#: Seconds a consumer waits for its cancelled readers before it ends regardless.
+READER_STOP_TIMEOUT = 2.0
+
+#: Threads for sync handlers. One shared thread would serialise every connection (channels#2132).
+_sync_handler_pool: ThreadPoolExecutor | None = None
+
+
+def sync_handler_pool() -> ThreadPoolExecutor:
+    global _sync_handler_pool
+    if _sync_handler_pool is None:
+        _sync_handler_pool = ThreadPoolExecutor(
+            max_workers=settings.SYNC_CONSUMER_THREADS, thread_name_prefix="sync-consumer"
+        )
+    return _sync_handler_pool
+
+
+class _DispatchLoop:
+    """The receive loop shared by both base classes (``AsyncConsumer.__call__`` rewritten)."""
+
+    #: Close stale database connections before each handler, as Channels does. Consumers whose
+    #: handlers never touch the ORM set this False: it costs a thread hop per message.
+    uses_database = True
+    _layer_failed = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.base_send = async_to_sync(send) if self._sync else send
+        try:
+            if self.channel_layer is None:
+                # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
+                while True:
+                    await self.dispatch(await receive())
+            else:
+                self.channel_name = await self.channel_layer.new_channel()
+                await self._two_sources(receive)
+        except StopConsumer:
+            pass
+
+    async def _two_sources(self, receive: Receive) -> None:
+        """Client events and channel-layer events, in arrival order, one dispatch at a time."""
+        inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)  # a reader waits while we dispatch
+
+        async def pump(source) -> None:
+            while True:
+                await inbox.put(await source())
+
+        readers = [
+            asyncio.create_task(pump(receive)),
+            asyncio.create_task(pump(self._layer_receive)),
+        ]
+        try:
+            while True:
+                getter = asyncio.ensure_future(inbox.get())
+                done, _ = await asyncio.wait(
+                    [getter, *readers], return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    for reader in done:
+                        reader.result()  # a reader failed: raise its error
+                await self.dispatch(getter.result())
+        finally:
+            for reader in readers:
+                reader.cancel()
+            # Bounded: after a Redis outage, channels-redis can leave a cancelled receive waiting
+            # on its internal receive lock, and this consumer must still end.
+            _, stuck = await asyncio.wait(readers, timeout=READER_STOP_TIMEOUT)
+            if stuck:
+                logger.warning(
+                    "%d channel-layer reader(s) did not stop; left to the layer", len(stuck)
+                )
+
+    async def _layer_receive(self) -> Message:
+        """The next channel-layer message; a failing layer becomes one ``layer.unavailable`` event."""
+        if self._layer_failed:
+            await asyncio.Future()  # told the consumer once; it is closing, so wait for nothing
+        for attempt in (1, 2):
+            try:
+                return await self.channel_layer.receive(self.channel_name)
+            except LAYER_ERRORS as error:
+                # Once more: after Redis restarts, the first command on a pooled connection fails.
+                if attempt == 2:
+                    self._layer_failed = True
+                    return {
+                        "type": "layer.unavailable",
+                        "error": f"{type(error).__name__}: {error}",
+                    }
+        raise AssertionError("unreachable")
+
+    def handler_for(self, message: Message):
+        """The method named after the message type: ``websocket.receive`` -> ``websocket_receive``."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        return handler
+
+
+class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
+    """``AsyncConsumer`` without a database clean-up hop where the handlers use no database."""
+
+    async def dispatch(self, message: Message) -> None:
+        handler = self.handler_for(message)
+        if self.uses_database:
+            # Channels awaits this before every handler: a thread hop even for DB-free handlers.
+            await aclose_old_connections()
+        await handler(message)
+
+
+class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
+    """``SyncConsumer`` whose handlers run on a thread pool, not on one thread shared by all."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Channels runs every SyncConsumer on one thread_sensitive thread (channels#2132): a slow
+        # handler stalls every other connection. A pool keeps one connection's messages in order
+        # (dispatch is awaited) while connections run side by side. DatabaseSyncToAsync still
+        # closes stale database connections around each handler, in the handler's own thread.
+        self._in_thread = DatabaseSyncToAsync(
+            self._call_handler, thread_sensitive=False, executor=sync_handler_pool()
+        )
+        await super().__call__(scope, receive, send)
+
+    async def dispatch(self, message: Message) -> None:
+        await self._in_thread(message)
+
+    def _call_handler(self, message: Message) -> None:
+        self.handler_for(message)(message)

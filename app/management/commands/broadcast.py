@@ -1,0 +1,38 @@
+"""``python manage.py broadcast ROOM MESSAGE``: server push from outside any consumer."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.management.base import BaseCommand, CommandError
+
+from app import protocol
+from app.layers import LAYER_ERRORS
+from app.rooms import InvalidRoom, Room, room_event
+
+
+class Command(BaseCommand):
+    help = "Send MESSAGE (text) to every client in ROOM, on every server process sharing REDIS_URL."
+
+    def add_arguments(self, parser):
+        parser.add_argument("room")
+        parser.add_argument("message")
+
+    def handle(self, *args, room: str, message: str, **options):
+        try:
+            target = Room.named(room)
+        except InvalidRoom as error:
+            raise CommandError(str(error)) from None
+        layer = get_channel_layer()
+        if layer is None or isinstance(layer, InMemoryChannelLayer):
+            raise CommandError(
+                "REDIS_URL is not set: the in-memory channel layer lives inside each server process, "
+                "so a command cannot reach it"
+            )
+        try:
+            async_to_sync(layer.group_send)(target.group, room_event(protocol.send_text(message)))
+        except LAYER_ERRORS as error:
+            raise CommandError(
+                f"channel layer unavailable: {type(error).__name__}: {error}"
+            ) from None
+        self.stdout.write(f"sent {len(message.encode())} bytes to room {target.name}")

@@ -1,0 +1,152 @@
+"""Broadcast rooms through WebsocketCommunicator and the in-memory channel layer."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+from channels.layers import get_channel_layer
+
+from app.rooms import MAX_ROOM_NAME_LENGTH
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def new_room() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def member(factory, room: str, kind: str = "async"):
+    communicator = factory(f"/ws/broadcast/{kind}/{room}/")
+    accepted, _ = await communicator.connect()
+    assert accepted
+    return communicator
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request) -> str:
+    return request.param
+
+
+async def test_join_and_leave_the_rooms_group(communicator_factory, kind):
+    room = new_room()
+    layer = get_channel_layer()
+    communicator = await member(communicator_factory, room, kind)
+    assert len(layer.groups[f"room.{room}"]) == 1
+    await communicator.disconnect()
+    assert not layer.groups.get(f"room.{room}")
+
+
+async def test_every_member_gets_every_message_sender_included(communicator_factory, kind):
+    room = new_room()
+    members = [await member(communicator_factory, room, kind) for _ in range(5)]
+    await members[2].send_to(text_data="to everyone")
+    await members[0].send_to(bytes_data=b"\x00bytes\xff")
+    for communicator in members:
+        assert await communicator.receive_from() == "to everyone"
+        assert await communicator.receive_from() == b"\x00bytes\xff"
+        assert await communicator.receive_nothing()
+        await communicator.disconnect()
+
+
+async def test_sync_and_async_members_share_a_room(communicator_factory):
+    room = new_room()
+    sync_member = await member(communicator_factory, room, "sync")
+    async_member = await member(communicator_factory, room, "async")
+    await sync_member.send_to(text_data="from sync")
+    await async_member.send_to(text_data="from async")
+    for communicator in (sync_member, async_member):
+        # Two senders: each one's order holds, not an order between them.
+        assert sorted([await communicator.receive_from() for _ in range(2)]) == [
+            "from async",
+            "from sync",
+        ]
+        await communicator.disconnect()
+
+
+async def test_a_custom_event_reaches_its_named_handler(communicator_factory, kind):
+    """group_send of ``room.message`` from outside any consumer is handled by ``room_message``."""
+    room = new_room()
+    communicator = await member(communicator_factory, room, kind)
+    await get_channel_layer().group_send(f"room.{room}", {"type": "room.message", "text": "pushed"})
+    assert await communicator.receive_from() == "pushed"
+    await communicator.disconnect()
+
+
+async def test_members_of_other_rooms_hear_nothing(communicator_factory):
+    here, elsewhere = (
+        await member(communicator_factory, new_room()),
+        await member(communicator_factory, new_room()),
+    )
+    await here.send_to(text_data="only here")
+    assert await here.receive_from() == "only here"
+    assert await elsewhere.receive_nothing()
+
+
+async def test_oversize_message_in_a_room_closes_with_1009(communicator_factory, kind, settings):
+    communicator = await member(communicator_factory, new_room(), kind)
+    await communicator.send_to(bytes_data=b"x" * (settings.ECHO_MAX_MESSAGE_BYTES + 1))
+    close = await communicator.receive_output()
+    assert (close["type"], close["code"]) == ("websocket.close", 1009)
+
+
+@pytest.mark.parametrize(
+    "room, why",
+    [
+        ("bad name!", "room name may hold only ASCII letters, digits, '-', '_' and '.'"),
+        ("caf\u00e9", "room name may hold only ASCII letters, digits, '-', '_' and '.'"),
+        (
+            "r" * (MAX_ROOM_NAME_LENGTH + 1),
+            f"room name must be 1 to {MAX_ROOM_NAME_LENGTH} characters, not 81",
+        ),
+        ("", f"room name must be 1 to {MAX_ROOM_NAME_LENGTH} characters, not 0"),
+    ],
+)
+async def test_bad_room_names_are_refused_at_the_handshake(
+    communicator_factory, kind, room, why, caplog
+):
+    communicator = communicator_factory(
+        f"/ws/broadcast/{kind}/{room}/", extensions={"websocket.http.response": {}}
+    )
+    with caplog.at_level(logging.WARNING):
+        await communicator.send_input({"type": "websocket.connect"})
+        start = await communicator.receive_output()
+        body = await communicator.receive_output()
+        await communicator.wait()
+    assert start["status"] == 400
+    assert body["body"].decode() == f"400 Bad Request: {why}\n"
+    assert communicator.future.exception() is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+async def test_a_room_name_of_the_maximum_length_is_fine(communicator_factory):
+    communicator = await member(communicator_factory, "r" * MAX_ROOM_NAME_LENGTH)
+    await communicator.disconnect()
+
+
+async def test_a_full_channel_is_logged_not_silently_dropped(
+    communicator_factory, settings, caplog
+):
+    """A member that does not read fills its channel; the layer's drop is a WARNING line."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "app.layers.LoggingInMemoryChannelLayer", "CONFIG": {"capacity": 3}}
+    }
+    channel_layers.backends.pop("default", None)
+    try:
+        room = new_room()
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(f"room.{room}", channel)
+        with caplog.at_level(logging.WARNING, logger="app.layers"):
+            for i in range(5):
+                await layer.group_send(f"room.{room}", {"type": "room.message", "text": str(i)})
+        assert [await layer.receive(channel) for _ in range(3)] == [
+            {"type": "room.message", "text": str(i)} for i in range(3)
+        ]
+        drops = [r.getMessage() for r in caplog.records]
+        assert drops == [f"dropped a room.message for {channel}: channel full (capacity 3)"] * 2
+    finally:
+        channel_layers.backends.pop("default", None)
