@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync
 from channels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
-from channels.db import DatabaseSyncToAsync, aclose_old_connections
+from channels.db import aclose_old_connections
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import close_old_connections
 
 from app.layers import LAYER_ERRORS
 from app.protocol import Message, Receive, Scope, Send
@@ -42,15 +44,18 @@ def sync_handler_pool() -> ThreadPoolExecutor:
 class _DispatchLoop:
     """The receive loop shared by both base classes (``AsyncConsumer.__call__`` rewritten)."""
 
-    #: Close stale database connections before each handler, as Channels does. Consumers whose
-    #: handlers never touch the ORM set this False: it costs a thread hop per message.
+    #: LeanAsyncConsumer: close stale database connections before each handler, as Channels
+    #: does. Consumers whose handlers never touch the ORM set this False: it costs a thread hop
+    #: per message. (LeanSyncConsumer always cleans up, in its handler thread, at no hop.)
     uses_database = True
     _layer_failed = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        self.base_send = async_to_sync(send) if self._sync else send
+        # SyncConsumer's handlers call send() from their thread: one hop back to the loop
+        # (Channels uses async_to_sync, several hops and context copies per message).
+        self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
         try:
             if self.channel_layer is None:
                 # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
@@ -121,6 +126,15 @@ class _DispatchLoop:
         return handler
 
 
+def _blocking(send: Send, loop: asyncio.AbstractEventLoop):
+    """``send`` for a handler thread: waits until the server took the message, as Channels' does."""
+
+    def blocking_send(message: Message) -> None:
+        asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+    return blocking_send
+
+
 class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
     """``AsyncConsumer`` without a database clean-up hop where the handlers use no database."""
 
@@ -133,20 +147,27 @@ class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
 
 
 class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
-    """``SyncConsumer`` whose handlers run on a thread pool, not on one thread shared by all."""
+    """``SyncConsumer`` whose handlers run on a thread pool, with one thread hop each way.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Channels runs every SyncConsumer on one thread_sensitive thread (channels#2132): a slow
-        # handler stalls every other connection. A pool keeps one connection's messages in order
-        # (dispatch is awaited) while connections run side by side. DatabaseSyncToAsync still
-        # closes stale database connections around each handler, in the handler's own thread.
-        self._in_thread = DatabaseSyncToAsync(
-            self._call_handler, thread_sensitive=False, executor=sync_handler_pool()
-        )
-        await super().__call__(scope, receive, send)
+    Channels runs every SyncConsumer on one thread_sensitive thread (channels#2132): a slow
+    handler stalls every other connection. Here a pool runs connections side by side, and one
+    connection's messages stay in order because ``dispatch`` awaits each handler.
+    """
 
     async def dispatch(self, message: Message) -> None:
-        await self._in_thread(message)
+        # Channels wraps this in database_sync_to_async; a plain run_in_executor does the same
+        # work (thread, database clean-up) without asgiref's per-call context machinery,
+        # about 1.4x the echo rate.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(sync_handler_pool(), self._handle_in_thread, loop, message)
 
-    def _call_handler(self, message: Message) -> None:
-        self.handler_for(message)(message)
+    def _handle_in_thread(self, loop: asyncio.AbstractEventLoop, message: Message) -> None:
+        # What SyncToAsync tells its threads, so that async_to_sync() in a handler (a channel
+        # layer call, say) runs on the server's loop rather than on a new one.
+        SyncToAsync.threadlocal.main_event_loop = loop
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+        close_old_connections()  # as DatabaseSyncToAsync does, in the handler's own thread
+        try:
+            self.handler_for(message)(message)
+        finally:
+            close_old_connections()

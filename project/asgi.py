@@ -1,7 +1,8 @@
 """The whole stack in one place: the path of every connection starts here.
 
 HTTP goes to Django. A WebSocket handshake passes the Origin check, gets the session and
-user (``AuthMiddlewareStack``), and is routed by path to a consumer in ``app.routing``.
+user (``auth_middleware_stack``: Channels' ``AuthMiddlewareStack`` without its per-message
+send wrapper, see ``app/middleware.py``), and is routed by path to a consumer in ``app.routing``.
 """
 
 import os
@@ -11,11 +12,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()  # sets Django up before the imports below touch models
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from app.handshake import allowed_hosts_origin_validator  # noqa: E402
+from app.middleware import auth_middleware_stack  # noqa: E402
 from app.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -23,7 +24,7 @@ application = ProtocolTypeRouter(
         # The page's CSS and JS are served by the app itself: no separate static server needed.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": allowed_hosts_origin_validator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            auth_middleware_stack(URLRouter(websocket_urlpatterns))
         ),
     }
 )

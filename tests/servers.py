@@ -32,9 +32,17 @@ def free_port() -> int:
 def server_command(kind: str, port: int, app: str = "project.asgi:application") -> list[str]:
     """The command line for ``kind``; uvicorn goes through ``manage.py serve`` like the run command."""
     if kind == "uvicorn":
-        if app != "project.asgi:application":
-            return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--lifespan", "off"]
-        return [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        return [
+            sys.executable,
+            "manage.py",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--app",
+            app,
+        ]
     if kind == "runserver":  # Django's development server, which is daphne's
         return [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
     if kind == "daphne":

@@ -24,10 +24,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--workers", type=int, default=None, help="server processes (needs REDIS_URL)"
         )
+        parser.add_argument(
+            "--app",
+            default="project.asgi:application",
+            help="ASGI application to serve with the same settings (the benchmark serves its own)",
+        )
 
-    def handle(self, *args, host: str, port: int, reload: bool, workers: int | None, **options):
+    def handle(
+        self, *args, host: str, port: int, reload: bool, workers: int | None, app: str, **options
+    ):
         try:
             check_startup(host=host, port=port, workers=workers)
         except StartupError as error:
             raise CommandError(str(error)) from None
-        uvicorn.run(**uvicorn_config(host=host, port=port, reload=reload, workers=workers))
+        uvicorn.run(
+            **{**uvicorn_config(host=host, port=port, reload=reload, workers=workers), "app": app}
+        )

@@ -1,0 +1,70 @@
+"""The applications the benchmark compares with the project's consumers.
+
+- ``ceiling``: a raw ASGI echo with no Django and no Channels, the most a server can do.
+- ``stock``: Channels' ``AsyncConsumer`` and ``SyncConsumer`` written as the Channels
+  documentation shows them, routed as the documentation routes them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django.setup()
+
+from channels.consumer import AsyncConsumer, SyncConsumer  # noqa: E402
+from channels.exceptions import StopConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+
+async def ceiling(scope, receive, send) -> None:
+    """Echo straight on the ASGI interface."""
+    assert scope["type"] == "websocket"
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif message["type"] == "websocket.receive":
+            if message.get("text") is not None:
+                await send({"type": "websocket.send", "text": message["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": message["bytes"]})
+        else:
+            return
+
+
+class StockAsyncEcho(AsyncConsumer):
+    async def websocket_connect(self, event):
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_receive(self, event):
+        await self.send({"type": "websocket.send", "text": event["text"]})
+
+    async def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+class StockSyncEcho(SyncConsumer):
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        self.send({"type": "websocket.send", "text": event["text"]})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+stock = ProtocolTypeRouter(
+    {
+        "websocket": URLRouter(
+            [
+                path("ws/echo/sync/", StockSyncEcho.as_asgi()),
+                path("ws/echo/async/", StockAsyncEcho.as_asgi()),
+            ]
+        )
+    }
+)

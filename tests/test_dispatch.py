@@ -1,0 +1,166 @@
+"""The lean base classes keep Channels' guarantees: database hygiene, and no serialisation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.exceptions import StopConsumer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.db import connection
+
+from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+class BlockingSync(LeanSyncConsumer):
+    """Each message does blocking work: waits at a barrier shared by the connections, or sleeps."""
+
+    channel_layer_alias = None
+    barrier: threading.Barrier | None = None
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        if event["text"] == "barrier":
+            self.barrier.wait(timeout=5)  # raises BrokenBarrierError unless all run at once
+        else:
+            time.sleep(1.0)  # the blocking work of the issue's behaviour test
+        self.send({"type": "websocket.send", "text": event["text"]})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+async def open_connections(consumer, count: int) -> list[WebsocketCommunicator]:
+    communicators = [WebsocketCommunicator(consumer.as_asgi(), "/") for _ in range(count)]
+    for communicator in communicators:
+        assert (await communicator.connect())[0]
+    return communicators
+
+
+async def test_sync_handlers_of_different_connections_run_at_the_same_time():
+    """Four handlers meet at a barrier of four: possible only if none waits for another."""
+    BlockingSync.barrier = threading.Barrier(4)
+    communicators = await open_connections(BlockingSync, 4)
+    for communicator in communicators:
+        await communicator.send_to(text_data="barrier")
+    for communicator in communicators:
+        assert await communicator.receive_from(timeout=6) == "barrier"
+        await communicator.disconnect()
+
+
+async def test_four_connections_of_one_second_blocking_work_take_under_one_and_a_half_seconds():
+    communicators = await open_connections(BlockingSync, 4)
+    started = time.monotonic()
+    for communicator in communicators:
+        await communicator.send_to(text_data="sleep")
+    for communicator in communicators:
+        assert await communicator.receive_from(timeout=5) == "sleep"
+    assert time.monotonic() - started < 1.5  # serialised, it would take 4 s (channels#2132)
+    for communicator in communicators:
+        await communicator.disconnect()
+
+
+class PlainSyncEcho(LeanSyncConsumer):
+    channel_layer_alias = None
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        self.send({"type": "websocket.send", "text": event["text"]})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+async def test_one_connections_messages_stay_in_order_on_the_pool():
+    (communicator,) = await open_connections(PlainSyncEcho, 1)
+    for i in range(200):
+        await communicator.send_to(text_data=str(i))
+    assert [await communicator.receive_from() for _ in range(200)] == [str(i) for i in range(200)]
+    await communicator.disconnect()
+
+
+@pytest.fixture
+def cleanups(monkeypatch):
+    """Threads in which the base classes ran close_old_connections(), sync or async."""
+    import app.dispatch
+
+    calls: list[int] = []
+    original = app.dispatch.close_old_connections
+
+    def spy(**kwargs):
+        calls.append(threading.get_ident())
+        return original(**kwargs)
+
+    async def aspy():
+        return await sync_to_async(spy)()  # what channels.db.aclose_old_connections does
+
+    monkeypatch.setattr(app.dispatch, "close_old_connections", spy)
+    monkeypatch.setattr(app.dispatch, "aclose_old_connections", aspy)
+    return calls
+
+
+class QueryingSync(LeanSyncConsumer):
+    channel_layer_alias = None
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+    def websocket_receive(self, event):
+        count = User.objects.count()
+        self.send({"type": "websocket.send", "text": f"{count} {threading.get_ident()}"})
+
+
+class QueryingAsync(LeanAsyncConsumer):
+    channel_layer_alias = None
+    uses_database = True  # the default, stated: this handler uses the ORM
+
+    async def websocket_connect(self, event):
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+    async def websocket_receive(self, event):
+        count = await User.objects.acount()  # Django's async ORM: runs on the sync thread
+        thread = await sync_to_async(threading.get_ident)()
+        await self.send({"type": "websocket.send", "text": f"{count} {thread}"})
+
+
+@pytest.mark.parametrize("consumer", [QueryingSync, QueryingAsync])
+async def test_a_handler_that_queries_has_its_connection_cleaned_up(consumer, cleanups):
+    (communicator,) = await open_connections(consumer, 1)
+    cleanups.clear()
+    await communicator.send_to(text_data="count")
+    await communicator.send_to(text_data="count")
+    first, second = [await communicator.receive_from() for _ in range(2)]
+    threads = {int(reply.split()[1]) for reply in (first, second)}
+    # The thread that ran each query had its stale database connections closed, as in Channels.
+    assert threads <= set(cleanups)
+    assert len(cleanups) >= 2
+    await communicator.disconnect()
+
+
+async def test_database_free_async_consumers_skip_the_clean_up_hop(cleanups):
+    from tests.conftest import make_communicator
+
+    communicator = make_communicator("/ws/echo/async/")
+    assert (await communicator.connect())[0]
+    cleanups.clear()
+    for _ in range(5):
+        await communicator.send_to(text_data="x")
+        await communicator.receive_from()
+    assert cleanups == []  # EchoAsyncConsumer.uses_database is False
+    await communicator.disconnect()
+    assert connection.alias == "default"
