@@ -35,3 +35,7 @@ format: $(STAMP)
 screenshot: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python -m tests.screenshot
+
+## bench: the full echo benchmark grid; writes docs/benchmarks.{json,md,png} (about 10 minutes)
+bench: $(STAMP)
+	$(BIN)/python -m bench.echo

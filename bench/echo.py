@@ -1,0 +1,400 @@
+"""The echo benchmark: the project's consumers against the ASGI ceiling and stock Channels.
+
+    make bench                      # the full grid, about 10 minutes on 2 cores
+    .venv/bin/python -m bench.echo --quick --out-dir /tmp/bench   # the CI smoke, seconds
+
+For each server (uvicorn, daphne) three server processes run side by side: the raw ASGI echo
+(the ceiling), stock Channels consumers as the Channels docs write them, and this project.
+Every cell of the grid (connections x message size) runs each target once, in alternating
+order, with the client (``bench/client.py``, picows) in its own process. Then idle memory per
+connection and the connect rate at ``--idle-connections`` open connections.
+
+Writes ``benchmarks.json`` (every figure), ``benchmarks.md`` (tables, targets, machine,
+versions, command) and ``benchmarks.png`` (plot) to ``--out-dir`` (default ``docs/``).
+Loopback only; every client run is bounded by ``--deadline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+
+django.setup()
+
+from tests.servers import ROOT, LiveServer  # noqa: E402
+
+APPS = {
+    "ceiling": "bench.apps:ceiling",
+    "stock": "bench.apps:stock",
+    "project": "project.asgi:application",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # e.g. "project-async"
+    app: str  # key of APPS
+    path: str  # the echo route on that app
+
+
+TARGETS = [
+    Target("ceiling", "ceiling", "/ws/echo/async/"),
+    Target("stock-async", "stock", "/ws/echo/async/"),
+    Target("project-async", "project", "/ws/echo/async/"),
+    Target("stock-sync", "stock", "/ws/echo/sync/"),
+    Target("project-sync", "project", "/ws/echo/sync/"),
+]
+
+#: Messages per cell, by size: enough for a stable rate, few enough to bound the run.
+MESSAGES = {16: 20_000, 4096: 20_000, 65536: 4_000}
+
+
+def run_client(*args: str, timeout: float) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.client", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"client failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def idle_memory(server: LiveServer, path: str, connections: int, deadline: float) -> dict:
+    """Server RSS growth per open idle connection, and the rate connections opened at."""
+    url = f"{server.ws_url}{path}"
+    # Warm up first, so that what is imported and cached on first use is not counted.
+    run_client("pingpong", "--url", url, "--connections", "100", "--messages", "100",
+               "--deadline", str(deadline), timeout=deadline + 30)  # fmt: skip
+    before = rss_kib(server.process.pid)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.client",
+            "idle",
+            "--url",
+            url,
+            "--connections",
+            str(connections),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        opened = json.loads(client.stdout.readline())
+        after = rss_kib(server.process.pid)
+    finally:
+        client.stdin.close()
+        client.wait(deadline)
+    return {
+        "connections": opened["open"],
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": (after - before) / max(1, opened["open"]),
+        "connects_per_s": opened["connects_per_s"],
+    }
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = (
+        int(Path("/proc/meminfo").read_text().split()[1]) if Path("/proc/meminfo").exists() else 0
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    return {
+        name: version(name)
+        for name in ("Django", "channels", "uvicorn", "daphne", "websockets", "picows", "uvloop")
+    }
+
+
+def ratio(
+    cells: list[dict],
+    server: str,
+    target: str,
+    connections: int,
+    size: int,
+    key: str = "msgs_per_s",
+):
+    def find(name):
+        for cell in cells:
+            if (cell["server"], cell["target"], cell["connections"], cell["size"]) == (
+                server,
+                name,
+                connections,
+                size,
+            ):
+                return cell
+        return None
+
+    mine, ceiling = find(target), find("ceiling")
+    if not mine or not ceiling or not ceiling.get(key) or mine.get(key) is None:
+        return None
+    return mine[key] / ceiling[key]
+
+
+def targets_report(cells: list[dict], idle: list[dict]) -> list[dict]:
+    """The issue's targets, on uvicorn, as ratios to the ceiling measured in the same run."""
+    rows = []
+    for target, goal in (("project-async", 0.8), ("project-sync", 0.25)):
+        value = ratio(cells, "uvicorn", target, 100, 16)
+        rows.append({"target": f"{target} msg/s at 100 connections, 16 B, / ceiling", "goal": f">= {goal}",
+                     "value": value, "met": value is not None and value >= goal})  # fmt: skip
+    for target in ("project-async", "project-sync"):
+        value = ratio(cells, "uvicorn", target, 1000, 16, key="p99_ms")
+        rows.append({"target": f"{target} p99 at 1,000 connections, 16 B, / ceiling's p99", "goal": "<= 2",
+                     "value": value, "met": value is not None and value <= 2})  # fmt: skip
+    for row in idle:
+        if row["server"] == "uvicorn" and row["target"] == "project-async":
+            value = row["kib_per_connection"]
+            rows.append({"target": f"project-async idle memory per connection at {row['connections']:,} connections",
+                         "goal": "<= 20 KiB", "value": value, "met": value <= 20})  # fmt: skip
+    return rows
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`.venv/bin/python -m bench.echo`); every figure is also in",
+        "[benchmarks.json](benchmarks.json). Why the project's consumers are faster, and where a",
+        "target is missed: [performance.md](performance.md).",
+        "",
+        f"- Date: {meta['date']}",
+        f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
+        f"{meta['machine']['memory_gib']} GiB, Linux {meta['machine']['kernel']}, Python {meta['machine']['python']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- Command: `{meta['command']}`",
+        "- Client: picows on uvloop, in its own process, ping-pong (each connection sends, waits "
+        "for the echo, sends again), text messages; server and client share the machine's cores.",
+        "- Targets: `ceiling` is a raw ASGI echo (no Django, no Channels); `stock-*` are Channels'"
+        " `AsyncConsumer`/`SyncConsumer` as its docs write them; `project-*` are `app/consumers.py`"
+        " behind the project's whole stack (`project/asgi.py`).",
+        "",
+        "## Targets (uvicorn, same run)",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for row in report["targets"]:
+        lines.append(
+            f"| {row['target']} | {row['goal']} | {fmt(row['value'])} | {'yes' if row['met'] else '**no**'} |"
+        )
+    lines += ["", "![messages per second by server, size and connections](benchmarks.png)", ""]
+    for server in meta["servers"]:
+        lines += [f"## {server}", "", "| connections | size | target | msg/s | / ceiling | p50 ms | p99 ms | max ms |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for cell in report["cells"]:
+            if cell["server"] != server:
+                continue
+            r = ratio(report["cells"], server, cell["target"], cell["connections"], cell["size"])
+            flag = " (timed out)" if cell.get("timed_out") else ""
+            lines.append(
+                f"| {cell['connections']:,} | {cell['size']:,} B | {cell['target']} | {fmt(cell['msgs_per_s'], 0)}{flag} "
+                f"| {fmt(r)} | {fmt(cell['p50_ms'])} | {fmt(cell['p99_ms'])} | {fmt(cell['max_ms'])} |"
+            )
+        lines.append("")
+    if report["idle"]:
+        lines += [
+            "## Idle connections",
+            "",
+            "| server | target | open | KiB per connection | connects/s |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report["idle"]:
+            lines.append(
+                f"| {row['server']} | {row['target']} | {row['connections']:,} | {fmt(row['kib_per_connection'], 1)} | {fmt(row['connects_per_s'], 0)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers, sizes = report["meta"]["servers"], report["meta"]["sizes"]
+    connections = report["meta"]["connections"]
+    names = [t.name for t in TARGETS]
+    fig, axes = plt.subplots(
+        len(servers), len(sizes), figsize=(4.2 * len(sizes), 3.4 * len(servers)), squeeze=False
+    )
+    width = 0.8 / len(names)
+    for row, server in enumerate(servers):
+        for col, size in enumerate(sizes):
+            ax = axes[row][col]
+            for i, name in enumerate(names):
+                values = []
+                for c in connections:
+                    cell = next(
+                        (
+                            x
+                            for x in report["cells"]
+                            if (x["server"], x["target"], x["connections"], x["size"])
+                            == (server, name, c, size)
+                        ),
+                        None,
+                    )
+                    values.append(cell["msgs_per_s"] if cell else 0)
+                ax.bar([j + i * width for j in range(len(connections))], values, width, label=name)
+            ax.set_xticks(
+                [j + 0.4 - width / 2 for j in range(len(connections))],
+                [f"{c:,}" for c in connections],
+            )
+            ax.set_title(f"{server}, {size:,} B")
+            ax.set_xlabel("connections")
+            ax.set_ylabel("messages/s")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke: uvicorn, 10 connections, 16 B, two targets"
+    )
+    parser.add_argument("--servers", nargs="+", default=["uvicorn", "daphne"])
+    parser.add_argument("--connections", nargs="+", type=int, default=[1, 100, 1000])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[16, 4096, 65536])
+    parser.add_argument("--idle-connections", type=int, default=10_000)
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    targets = TARGETS
+    messages = dict(MESSAGES)
+    if args.quick:
+        args.servers, args.connections, args.sizes, args.idle_connections = (
+            ["uvicorn"],
+            [10],
+            [16],
+            0,
+        )
+        targets = [t for t in TARGETS if t.name in ("stock-async", "project-async")]
+        messages = {16: 3_000}
+
+    cells: list[dict] = []
+    idle: list[dict] = []
+    total = len(args.servers) * len(args.connections) * len(args.sizes) * len(targets)
+    done = 0
+    env = {"LOG_LEVEL": "WARNING"}
+    for server_kind in args.servers:
+        needed = {t.app for t in targets}
+        servers = {name: LiveServer(server_kind, env=env, app=APPS[name]) for name in needed}
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            for cell_index, (connections, size) in enumerate(
+                (c, s) for c in args.connections for s in args.sizes
+            ):
+                order = (
+                    targets if cell_index % 2 == 0 else targets[::-1]
+                )  # alternate, so drift evens out
+                for target in order:
+                    done += 1
+                    url = f"{servers[target.app].ws_url}{target.path}"
+                    result = run_client("pingpong", "--url", url, "--connections", str(connections), "--size", str(size),
+                                        "--messages", str(messages[size]), "--deadline", str(args.deadline),
+                                        timeout=args.deadline + 60)  # fmt: skip
+                    result.update(server=server_kind, target=target.name)
+                    cells.append(result)
+                    print(f"[{done}/{total}] {server_kind:7} {target.name:13} {connections:>5} conns {size:>6} B: "
+                          f"{result['msgs_per_s']:>9,.0f} msg/s  p99 {fmt(result['p99_ms'])} ms"
+                          f"{'  TIMED OUT' if result['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
+            if args.idle_connections:
+                for target in [
+                    t
+                    for t in targets
+                    if t.name in ("ceiling", "stock-async", "project-async", "project-sync")
+                ]:
+                    print(
+                        f"idle: {server_kind} {target.name} {args.idle_connections:,} connections ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    row = idle_memory(
+                        servers[target.app], target.path, args.idle_connections, args.deadline * 3
+                    )
+                    row.update(server=server_kind, target=target.name)
+                    idle.append(row)
+                    print(
+                        f"  {row['kib_per_connection']:.1f} KiB/connection, {row['connects_per_s']:,.0f} connects/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+    command = "make bench" if not args.quick else "python -m bench.echo --quick"
+    report = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "versions": versions(),
+            "command": command,
+            "servers": args.servers,
+            "connections": args.connections,
+            "sizes": args.sizes,
+            "messages": messages,
+        },
+        "cells": cells,
+        "idle": idle,
+        "targets": targets_report(cells, idle),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "benchmarks.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out_dir / "benchmarks.md").write_text(markdown(report) + "\n")
+    plot(report, args.out_dir / "benchmarks.png")
+    print(f"wrote {args.out_dir}/benchmarks.json, benchmarks.md, benchmarks.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
