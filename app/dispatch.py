@@ -8,6 +8,7 @@ how a message gets to ``dispatch``. Each change cites its cause in Channels 4.3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,36 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
+from app import protocol
 from app.layers import LAYER_ERRORS
-from app.protocol import Message, Receive, Scope, Send
+from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
+
+try:  # what uvicorn raises for a send to a client that has left
+    from uvicorn.protocols.utils import ClientDisconnected
+except ImportError:  # pragma: no cover - uvicorn is a dependency
+
+    class ClientDisconnected(OSError):
+        pass
+
 
 logger = logging.getLogger("app.dispatch")
+
+
+class LiveConsumers:
+    """How many consumers are running in this process: one per open WebSocket connection."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def opened(self) -> None:
+        self.count += 1
+
+    def closed(self) -> None:
+        self.count -= 1
+
+
+#: Read by /healthz; only the event loop thread changes it.
+live = LiveConsumers()
 
 #: Seconds a consumer waits for its cancelled readers before it ends regardless.
 READER_STOP_TIMEOUT = 2.0
@@ -56,6 +83,7 @@ class _DispatchLoop:
         # SyncConsumer's handlers call send() from their thread: one hop back to the loop
         # (Channels uses async_to_sync, several hops and context copies per message).
         self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
+        live.opened()
         try:
             if self.channel_layer is None:
                 # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
@@ -66,6 +94,29 @@ class _DispatchLoop:
                 await self._two_sources(receive)
         except StopConsumer:
             pass
+        except ClientDisconnected:
+            # A send after the client left: the disconnect is the news, not an error.
+            self.connection_log().info("client gone before a send could reach it")
+        except Exception:
+            await self._internal_error(send)
+        finally:
+            live.closed()
+
+    async def _internal_error(self, send: Send) -> None:
+        """A handler raised: log it once with its traceback, close this connection with 1011.
+
+        Only this connection is affected; the server never sees the exception, so it logs
+        nothing more.
+        """
+        self.connection_log().exception("handler raised; closing with 1011")
+        code = ServerFeatures.from_scope(self.scope).close_code(CloseCode.INTERNAL_ERROR)
+        with contextlib.suppress(Exception):  # the connection may already be gone
+            await send(protocol.close(code, "internal error"))
+
+    def connection_log(self) -> logging.Logger | logging.LoggerAdapter:
+        """The connection's own logger where its session made one."""
+        session = getattr(self, "session", None)
+        return session.log if session is not None else logger
 
     async def _two_sources(self, receive: Receive) -> None:
         """Client events and channel-layer events, in arrival order, one dispatch at a time."""

@@ -1,4 +1,5 @@
-"""Channels' ``AuthMiddlewareStack``, without a per-message cost on WebSocket connections.
+"""Middleware: Channels' ``AuthMiddlewareStack`` without a per-message cost on WebSockets,
+and the Content-Security-Policy header of the HTTP pages.
 
 Channels' ``SessionMiddleware`` wraps ``send`` so that it can save a modified session on
 ``http.response.start``, the only message type it saves on. A WebSocket never sends one, yet
@@ -10,8 +11,12 @@ connections get the session and the user in their scope as before, and keep the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from channels.auth import AuthMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 
 from app.protocol import ASGIApp, Receive, Scope, Send
 
@@ -30,3 +35,15 @@ class WebSocketSessionMiddleware(SessionMiddleware):
 def auth_middleware_stack(inner: ASGIApp) -> ASGIApp:
     """``channels.auth.AuthMiddlewareStack``: cookies, session and user, in the same order."""
     return CookieMiddleware(WebSocketSessionMiddleware(AuthMiddleware(inner)))
+
+
+class ContentSecurityPolicyMiddleware:
+    """Adds ``CONTENT_SECURITY_POLICY`` to every HTTP response (Django 5.2 has no CSP of its own)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+        return response

@@ -11,21 +11,45 @@ from typing import Any
 from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from app.protocol import Message
+from app.protocol import CloseCode, Message
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's default WebSocket protocol, marking the handshake done after a denial response.
+    """uvicorn's default WebSocket protocol, with two client errors kept out of the ERROR log.
 
-    Without this, every refused handshake (a 403 or 404 sent through the
-    ``websocket.http.response`` extension) also logs "ASGI callable returned without
-    completing handshake" at ERROR (uvicorn PR #3138, open at the time of writing).
+    - A refused handshake (a 403 or 404 sent through the ``websocket.http.response``
+      extension) also logs "ASGI callable returned without completing handshake" at ERROR
+      (uvicorn PR #3138, open at the time of writing): the handshake is marked done.
+    - Invalid UTF-8 in a text frame is closed with 1007 as before, but logged as one WARNING
+      line instead of an ERROR with a traceback: it is the client's fault, not the server's.
     """
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's own method for a text message, but for the log line of invalid UTF-8."""
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            return super().send_receive_event_to_app()
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as error:
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            self.logger.warning(
+                "closing 1007 for %s: text message is not UTF-8 (%s)", client, error.reason
+            )
+            self.conn.send_close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
+            self.handle_parser_exception()
+            return None
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        return None
 
 
 def uvicorn_config(

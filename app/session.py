@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,17 +52,43 @@ def utf8_length_over(text: str, limit: int) -> int | None:
 
 
 @dataclass
+class TokenBucket:
+    """A per-connection rate limit: ``rate`` messages a second, bursts of up to ``burst``."""
+
+    rate: float
+    burst: float
+    tokens: float = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def take(self, now: float | None = None) -> bool:
+        """Spend one token if there is one; False means over the limit."""
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
 class Session:
     """One connection's state and rules: subprotocol, size limit, closing, logging.
 
     ``max_message_bytes`` (default ``ECHO_MAX_MESSAGE_BYTES``, 256 KiB) is the largest message
-    echoed; a larger one closes the connection with 1009 MESSAGE_TOO_BIG.
+    echoed; a larger one closes the connection with 1009 MESSAGE_TOO_BIG. ``rate_limit``
+    (default None: no limit) closes a flooding connection with 1008 POLICY_VIOLATION.
     """
 
     consumer: str
     scope: Scope
     supported_subprotocols: Sequence[str] = ()
     max_message_bytes: int = 256 * 1024
+    rate_limit: TokenBucket | None = None
     state: ConnectionState = ConnectionState.CONNECTING
     features: ServerFeatures = field(init=False)
     log: logging.LoggerAdapter = field(init=False)
@@ -77,6 +104,9 @@ class Session:
             scope=scope,
             supported_subprotocols=settings.ECHO_SUBPROTOCOLS,
             max_message_bytes=settings.ECHO_MAX_MESSAGE_BYTES,
+            rate_limit=TokenBucket(settings.WEBSOCKET_RATE_LIMIT, settings.WEBSOCKET_RATE_BURST)
+            if settings.WEBSOCKET_RATE_LIMIT > 0
+            else None,
         )
 
     def accept(self) -> Message:
@@ -95,6 +125,8 @@ class Session:
         """
         if self.state is not ConnectionState.OPEN:
             return None  # the client sent while we were closing: the close already said why
+        if self.rate_limit is not None and not self.rate_limit.take():
+            return self.close(CloseCode.POLICY_VIOLATION, "rate limit", level=logging.WARNING)
         text, data = event.get("text"), event.get("bytes")
         if isinstance(text, str) and data is None:
             too_big = utf8_length_over(text, self.max_message_bytes)

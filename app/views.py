@@ -1,9 +1,12 @@
-"""HTTP views: the demo page, and a clear answer to plain HTTP on WebSocket paths."""
+"""HTTP views: the demo page, health, and a clear answer to plain HTTP on WebSocket paths."""
 
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
+
+from app.dispatch import live
 
 
 @require_safe
@@ -28,3 +31,39 @@ def websocket_only(request: HttpRequest) -> HttpResponse:
     )
     response["Upgrade"] = "websocket"
     return response
+
+
+@require_safe
+def healthz(request: HttpRequest) -> JsonResponse:
+    """For load balancers: always 200 while the process serves; ``status`` says how well.
+
+    ``degraded`` means the channel layer (Redis) is unreachable: echo still works, rooms do not.
+    ``websocket_connections`` counts this process only.
+    """
+    layer = get_channel_layer()
+    reachable = channel_layer_reachable(layer)
+    return JsonResponse(
+        {
+            "status": "ok" if reachable else "degraded",
+            "websocket_connections": live.count,
+            "channel_layer": {"backend": type(layer).__name__, "reachable": reachable},
+        }
+    )
+
+
+def channel_layer_reachable(layer) -> bool:
+    """True for the in-memory layer; for Redis, whether REDIS_URL answers a PING within 1 s."""
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return True
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
+        )
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False

@@ -56,8 +56,10 @@ TARGETS = [
     Target("project-sync", "project", "/ws/echo/sync/"),
 ]
 
-#: Messages per cell, by size: enough for a stable rate, few enough to bound the run.
+#: Messages per cell, by size: enough for a stable rate, few enough to bound the run. At many
+#: connections each gets at least PER_CONNECTION, so that the opening burst does not dominate.
 MESSAGES = {16: 20_000, 4096: 20_000, 65536: 4_000}
+PER_CONNECTION = 50
 
 
 def run_client(*args: str, timeout: float) -> dict:
@@ -342,37 +344,37 @@ def main() -> None:
                     done += 1
                     url = f"{servers[target.app].ws_url}{target.path}"
                     result = run_client("pingpong", "--url", url, "--connections", str(connections), "--size", str(size),
-                                        "--messages", str(messages[size]), "--deadline", str(args.deadline),
+                                        "--messages", str(max(messages[size], PER_CONNECTION * connections)), "--deadline", str(args.deadline),
                                         timeout=args.deadline + 60)  # fmt: skip
                     result.update(server=server_kind, target=target.name)
                     cells.append(result)
                     print(f"[{done}/{total}] {server_kind:7} {target.name:13} {connections:>5} conns {size:>6} B: "
                           f"{result['msgs_per_s']:>9,.0f} msg/s  p99 {fmt(result['p99_ms'])} ms"
                           f"{'  TIMED OUT' if result['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
-            if args.idle_connections:
-                for target in [
-                    t
-                    for t in targets
-                    if t.name in ("ceiling", "stock-async", "project-async", "project-sync")
-                ]:
-                    print(
-                        f"idle: {server_kind} {target.name} {args.idle_connections:,} connections ...",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    row = idle_memory(
-                        servers[target.app], target.path, args.idle_connections, args.deadline * 3
-                    )
-                    row.update(server=server_kind, target=target.name)
-                    idle.append(row)
-                    print(
-                        f"  {row['kib_per_connection']:.1f} KiB/connection, {row['connects_per_s']:,.0f} connects/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
         finally:
             for server in servers.values():
                 server.stop()
+        if args.idle_connections:
+            # Each on a fresh process: memory freed by an earlier run would hide the next one's.
+            for target in [
+                t
+                for t in targets
+                if t.name in ("ceiling", "stock-async", "project-async", "project-sync")
+            ]:
+                print(
+                    f"idle: {server_kind} {target.name} {args.idle_connections:,} connections ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with LiveServer(server_kind, env=env, app=APPS[target.app]) as server:
+                    row = idle_memory(server, target.path, args.idle_connections, args.deadline * 3)
+                row.update(server=server_kind, target=target.name)
+                idle.append(row)
+                print(
+                    f"  {row['kib_per_connection']:.1f} KiB/connection, {row['connects_per_s']:,.0f} connects/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     command = "make bench" if not args.quick else "python -m bench.echo --quick"
     report = {
         "meta": {

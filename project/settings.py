@@ -37,9 +37,30 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number") from None
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-set-DJANGO_SECRET_KEY")
-DEBUG = env_bool("DJANGO_DEBUG", True)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# DJANGO_ENV=production turns the development defaults into errors and the security settings on.
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "development").strip().lower()
+if DJANGO_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: expected development or production")
+PRODUCTION = DJANGO_ENV == "production"
+
+
+def required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when DJANGO_ENV=production")
+    return value
+
+
+if PRODUCTION:
+    SECRET_KEY = required("DJANGO_SECRET_KEY")
+    DEBUG = False
+    if env_bool("DJANGO_DEBUG", False):
+        raise ImproperlyConfigured("DJANGO_DEBUG must be off when DJANGO_ENV=production")
+    ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", required("DJANGO_ALLOWED_HOSTS"))
+else:
+    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-set-DJANGO_SECRET_KEY")
+    DEBUG = env_bool("DJANGO_DEBUG", True)
+    ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [
     "daphne",  # first, so that `manage.py runserver` serves ASGI through daphne
@@ -57,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "app.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -141,6 +163,11 @@ else:
 ECHO_SUBPROTOCOLS = env_list("ECHO_SUBPROTOCOLS", "echo.v1")
 ECHO_MAX_MESSAGE_BYTES = env_int("ECHO_MAX_MESSAGE_BYTES", 256 * 1024)
 WEBSOCKET_ALLOW_MISSING_ORIGIN = env_bool("WEBSOCKET_ALLOW_MISSING_ORIGIN", True)
+#: Per-connection rate limit (token bucket): messages a second, and the burst allowed above it.
+#: Over it, the connection closes with 1008 "rate limit". 0 turns it off. The default stays far
+#: above one connection's ping-pong echo rate (at most ~16,000/s in docs/benchmarks.md).
+WEBSOCKET_RATE_LIMIT = env_int("WEBSOCKET_RATE_LIMIT", 25_000)
+WEBSOCKET_RATE_BURST = env_int("WEBSOCKET_RATE_BURST", 5_000)
 #: Threads that run SyncConsumer handlers; each blocking handler holds one while it runs.
 SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
 
@@ -160,8 +187,31 @@ LOGGING = {
 }
 
 # The server (python manage.py serve).
+# BEHIND_PROXY=1: a reverse proxy terminates TLS and sets X-Forwarded-Proto (see README).
 #: uvicorn's own frame limit: above ECHO_MAX_MESSAGE_BYTES, so the application refuses first.
 SERVER_MAX_MESSAGE_BYTES = env_int("SERVER_MAX_MESSAGE_BYTES", 4 * ECHO_MAX_MESSAGE_BYTES)
 #: Trust X-Forwarded-For/-Proto from FORWARDED_ALLOW_IPS (set when a reverse proxy is in front).
 BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
 FORWARDED_ALLOW_IPS = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Production security. HTTPS is assumed: either a TLS-terminating proxy (BEHIND_PROXY=1, which
+# also makes Django trust its X-Forwarded-Proto) or TLS in front some other way.
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preload lists are a separate, hard-to-undo commitment of the domain's owner.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+    if BEHIND_PROXY:
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+#: The page's Content-Security-Policy: no inline script, nothing from elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)

@@ -4,5 +4,6 @@ from app import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("healthz", views.healthz, name="healthz"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

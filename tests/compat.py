@@ -19,6 +19,9 @@ class ServerBehaviour:
     disconnect_reason: bool  # the client's close reason reaches websocket_disconnect
     unknown_path_status: int  # HTTP status for an unknown WebSocket path
     shutdown_close_code: int | None  # close code every client gets on SIGTERM (None: no frame)
+    invalid_utf8_close_code: (
+        int | None
+    )  # close code for invalid UTF-8 in a text frame (None: dropped)
 
 
 BEHAVIOUR = {
@@ -30,6 +33,7 @@ BEHAVIOUR = {
         disconnect_reason=True,
         unknown_path_status=404,
         shutdown_close_code=1012,
+        invalid_utf8_close_code=1007,
     ),
     "daphne": ServerBehaviour(
         accept_headers=False,
@@ -39,6 +43,7 @@ BEHAVIOUR = {
         disconnect_reason=False,
         unknown_path_status=403,
         shutdown_close_code=None,
+        invalid_utf8_close_code=None,
     ),
 }
 

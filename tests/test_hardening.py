@@ -1,0 +1,444 @@
+"""Faults and bad input: each gets a defined close code or HTTP status, and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from channels.exceptions import StopConsumer
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
+from app.protocol import CloseCode
+from tests.conftest import assert_clean_log, make_communicator
+from tests.servers import ROOT, LiveServer
+
+CLOSE_CODES = {int(code) for code in CloseCode} | {4000 + (int(code) - 1000) for code in CloseCode}
+
+
+# --- a handler that raises ------------------------------------------------------------------
+
+
+class RaisingSync(LeanSyncConsumer):
+    channel_layer_alias = None
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        if event.get("text") == "boom":
+            raise RuntimeError("the handler failed")
+        self.send({"type": "websocket.send", "text": event["text"]})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+class RaisingAsync(LeanAsyncConsumer):
+    channel_layer_alias = None
+    uses_database = False
+
+    async def websocket_connect(self, event):
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_receive(self, event):
+        if event.get("text") == "boom":
+            raise RuntimeError("the handler failed")
+        await self.send({"type": "websocket.send", "text": event["text"]})
+
+    async def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("consumer", [RaisingSync, RaisingAsync])
+async def test_a_handler_that_raises_closes_its_connection_with_1011_only(consumer, caplog):
+    failing = WebsocketCommunicator(consumer.as_asgi(), "/", spec_version="2.4")
+    healthy = WebsocketCommunicator(consumer.as_asgi(), "/", spec_version="2.4")
+    assert (await failing.connect())[0] and (await healthy.connect())[0]
+    with caplog.at_level(logging.INFO):
+        await failing.send_to(text_data="boom")
+        close = await failing.receive_output()
+        await failing.wait()
+    assert close == {"type": "websocket.close", "code": 1011, "reason": "internal error"}
+    assert failing.future.exception() is None  # handled: the server sees no exception
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (
+        len(errors) == 1
+        and errors[0].exc_info
+        and "the handler failed" in str(errors[0].exc_info[1])
+    )
+    await healthy.send_to(text_data="still here")
+    assert await healthy.receive_from() == "still here"
+    await healthy.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_send_after_the_client_left_ends_the_consumer_quietly(kind, caplog):
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from project.asgi import application
+
+    async def gone_on_send(scope, receive, send):
+        async def send_or_gone(message):
+            if message["type"] == "websocket.send":
+                raise ClientDisconnected()
+            await send(message)
+
+        await application(scope, receive, send_or_gone)
+
+    communicator = make_communicator(f"/ws/echo/{kind}/", app=gone_on_send)
+    assert (await communicator.connect())[0]
+    with caplog.at_level(logging.INFO):
+        await communicator.send_to(text_data="echo me")
+        await communicator.wait(timeout=3)
+    assert communicator.future.exception() is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "client gone before a send could reach it" in caplog.text
+
+
+# --- rate limit -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@override_settings(WEBSOCKET_RATE_LIMIT=1, WEBSOCKET_RATE_BURST=5)
+async def test_a_flood_closes_with_1008_rate_limit(kind, caplog):
+    communicator = make_communicator(f"/ws/echo/{kind}/")
+    assert (await communicator.connect())[0]
+    with caplog.at_level(logging.WARNING):
+        for i in range(20):
+            await communicator.send_to(text_data=str(i))
+        replies = []
+        while (reply := await communicator.receive_output())["type"] == "websocket.send":
+            replies.append(reply["text"])
+    # The burst of 5 passes (refilling at 1/s adds no whole token in the time this takes).
+    assert replies == ["0", "1", "2", "3", "4"]
+    assert (reply["code"], reply["reason"]) == (1008, "rate limit")
+    assert "closing 1008 POLICY_VIOLATION: rate limit" in caplog.text
+    await communicator.disconnect()
+
+
+def test_the_default_rate_limit_leaves_the_benchmarks_ping_pong_alone():
+    from django.conf import settings
+
+    from app.session import TokenBucket
+
+    bucket = TokenBucket(settings.WEBSOCKET_RATE_LIMIT, settings.WEBSOCKET_RATE_BURST)
+    # One connection's fastest ping-pong in docs/benchmarks.md is about 16,000 msg/s.
+    start = bucket.stamp
+    assert all(bucket.take(start + i / 16_000) for i in range(100_000))
+
+
+# --- fuzzing the consumers ------------------------------------------------------------------
+
+FUZZ = hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+class ErrorRecords(logging.Handler):
+    """Collects ERROR records while active: a fuzzed example must not log one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> list[logging.LogRecord]:
+        logging.getLogger().addHandler(self)
+        return self.records
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self)
+
+
+odd_values = st.one_of(
+    st.none(),
+    st.text(max_size=50),
+    st.binary(max_size=50),
+    st.integers(),
+    st.floats(),
+    st.lists(st.integers()),
+)
+
+
+async def one_event(kind: str, event: dict) -> dict:
+    communicator = make_communicator(f"/ws/echo/{kind}/")
+    assert (await communicator.connect())[0]
+    await communicator.send_input(event)
+    reply = await communicator.receive_output(timeout=2)
+    await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+    await communicator.wait(timeout=2)
+    assert communicator.future.exception() is None
+    return reply
+
+
+@pytest.mark.django_db(transaction=True)  # pool threads may hold a connection from earlier tests
+@FUZZ
+@given(
+    kind=st.sampled_from(["sync", "async"]),
+    fields=st.dictionaries(st.sampled_from(["text", "bytes"]), odd_values),
+)
+def test_any_receive_event_is_echoed_or_closed_with_a_defined_code(kind, fields):
+    event = {"type": "websocket.receive", **fields}
+    with ErrorRecords() as errors:
+        reply = asyncio.run(one_event(kind, event))
+    text, data = fields.get("text"), fields.get("bytes")
+    if isinstance(text, str) and data is None:
+        assert reply == {"type": "websocket.send", "text": text}
+    elif isinstance(data, bytes) and text is None:
+        assert reply == {"type": "websocket.send", "bytes": data}
+    else:
+        assert reply["type"] == "websocket.close" and reply["code"] in CLOSE_CODES
+    assert errors == []
+
+
+async def handshake(path: str, headers: list, subprotocols: list[str]) -> dict:
+    communicator = WebsocketCommunicator(
+        __import__("project.asgi", fromlist=["application"]).application,
+        "/",
+        headers=headers,
+        subprotocols=subprotocols,
+    )
+    communicator.scope["path"] = path
+    await communicator.send_input({"type": "websocket.connect"})
+    reply = await communicator.receive_output(timeout=2)
+    if reply["type"] == "websocket.accept":
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+    else:
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1006})
+    await communicator.wait(timeout=2)
+    assert communicator.future.exception() is None
+    return reply
+
+
+@pytest.mark.django_db(transaction=True)
+@FUZZ
+@given(
+    path=st.one_of(
+        st.sampled_from(["/ws/echo/sync/", "/ws/echo/async/", "/ws/broadcast/async/r/"]),
+        st.text(max_size=40),
+    ),
+    origin=st.one_of(
+        st.none(),
+        st.binary(max_size=40),
+        st.sampled_from([b"http://[", b"http://a:99999", b"http://localhost"]),
+    ),
+    subprotocols=st.lists(st.text(min_size=1, max_size=12), max_size=4),
+)
+def test_any_path_origin_and_subprotocols_are_accepted_or_refused_cleanly(
+    path, origin, subprotocols
+):
+    headers = [(b"origin", origin)] if origin is not None else []
+    with ErrorRecords() as errors:
+        reply = asyncio.run(handshake(path, headers, subprotocols))
+    assert reply["type"] in {"websocket.accept", "websocket.close"}
+    if reply["type"] == "websocket.accept":
+        assert reply["subprotocol"] in ([*subprotocols, None])
+        assert reply["subprotocol"] in ("echo.v1", None)
+    assert errors == []
+
+
+# --- over real sockets ----------------------------------------------------------------------
+
+
+def raw_handshake(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(4096)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    mask = secrets.token_bytes(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_invalid_utf8_in_a_text_frame_is_refused_by_the_server(asgi_server, kind):
+    """uvicorn closes with 1007; daphne drops the connection (tests.compat records both)."""
+    from tests.compat import BEHAVIOUR
+
+    sock = raw_handshake(asgi_server.port, f"/ws/echo/{kind}/")
+    data = b""
+    with sock:
+        sock.sendall(masked_frame(0x1, b"ok \xff\xfe not utf-8"))
+        with contextlib.suppress(ConnectionResetError):
+            while len(data) < 4 and (chunk := sock.recv(4096)):
+                data += chunk
+    expected = BEHAVIOUR[asgi_server.kind].invalid_utf8_close_code
+    if expected is None:
+        assert data == b"", f"expected a dropped connection, got {data!r}"
+    else:
+        assert data[0] & 0x0F == 0x8, f"expected a close frame, got {data!r}"
+        assert struct.unpack("!H", data[2:4])[0] == expected
+        asgi_server.wait_for_log(
+            r"WARNING:\s+closing 1007 for 127\.0\.0\.1:\d+: text message is not UTF-8"
+        )
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_short_load_loses_and_reorders_nothing(uvicorn_server, kind):
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--url", f"{uvicorn_server.ws_url}/ws/echo/{kind}/",
+         "--connections", "100", "--messages", "100", "--deadline", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["received"] == 10_000 and figures["lost"] == 0 and figures["reordered"] == 0
+    assert not figures["errors"] and not figures["timed_out"]
+
+
+def healthz(server: LiveServer) -> dict:
+    with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+@pytest.mark.server
+def test_abrupt_disconnects_leave_no_consumer_behind(server_env):
+    with LiveServer("uvicorn", env=server_env) as server:
+        for kind in ("sync", "async"):
+            result = subprocess.run(
+                [sys.executable, "-m", "bench.load", "--abrupt", "--connections", "500",
+                 "--url", f"{server.ws_url}/ws/echo/{kind}/"],
+                cwd=ROOT, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["dropped"] == 500
+        deadline = time.monotonic() + 5
+        while (count := healthz(server)["websocket_connections"]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll interval of the health endpoint
+        assert count == 0
+    log = server.log()
+    # uvicorn reports a connection lost without a close frame as 1005 (no status received).
+    assert (
+        len(re.findall(r"disconnected code=(1005 NO_STATUS_RCVD|1006 ABNORMAL_CLOSURE)", log))
+        == 1000
+    )
+    assert_clean_log(log)
+
+
+# --- production settings and health ---------------------------------------------------------
+
+PRODUCTION = {
+    "DJANGO_ENV": "production",
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "DJANGO_ALLOWED_HOSTS": "echo.example.com",
+    "BEHIND_PROXY": "1",
+}
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECURE_"))}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_deploy_is_clean_under_production_settings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_settings_are_strict():
+    code = (
+        "from django.conf import settings as s; import json; print(json.dumps([s.DEBUG, s.SESSION_COOKIE_SECURE,"
+        " s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS, s.SECURE_PROXY_SSL_HEADER, s.ALLOWED_HOSTS]))"
+    )
+    result = manage("shell", "-v", "0", "-c", code, env=PRODUCTION)
+    assert json.loads(result.stdout) == [
+        False, True, True, 31_536_000, ["HTTP_X_FORWARDED_PROTO", "https"], ["echo.example.com"]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "missing, expected",
+    [
+        ("DJANGO_SECRET_KEY", "DJANGO_SECRET_KEY must be set when DJANGO_ENV=production"),
+        ("DJANGO_ALLOWED_HOSTS", "DJANGO_ALLOWED_HOSTS must be set when DJANGO_ENV=production"),
+    ],
+)
+def test_production_requires_its_secrets_in_one_line(missing, expected):
+    env = {k: v for k, v in PRODUCTION.items() if k != missing}
+    result = manage("check", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"ImproperlyConfigured: {expected}"
+
+
+def test_production_refuses_debug():
+    result = manage("check", env={**PRODUCTION, "DJANGO_DEBUG": "1"})
+    assert (
+        result.stderr.strip()
+        == "ImproperlyConfigured: DJANGO_DEBUG must be off when DJANGO_ENV=production"
+    )
+
+
+@pytest.mark.django_db
+def test_healthz_reports_connections_and_the_layer(client):
+    data = client.get("/healthz").json()
+    assert data["status"] == "ok"
+    assert isinstance(data["websocket_connections"], int)
+    assert data["channel_layer"] == {"backend": "LoggingInMemoryChannelLayer", "reachable": True}
+
+
+@pytest.mark.django_db
+def test_healthz_says_degraded_not_500_when_redis_is_unreachable(client, settings):
+    from channels.layers import channel_layers
+
+    from tests.servers import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL]},
+        }
+    }
+    channel_layers.backends.pop("default", None)
+    try:
+        response = client.get("/healthz")
+    finally:
+        channel_layers.backends.pop("default", None)
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    assert response.json()["channel_layer"] == {"backend": "RedisChannelLayer", "reachable": False}
