@@ -10,17 +10,21 @@ classes with the per-message overhead taken out; the handlers are exactly as Cha
 from __future__ import annotations
 
 import contextlib
+import json
 from http import HTTPStatus
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 
+from app import protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
 from app.protocol import ConnectionState, Message, Scope
 from app.rooms import InvalidRoom, Room, forward, room_event
 from app.session import Session
+from app.tracing import token_valid, trace_group
 
 
 class EchoSyncConsumer(LeanSyncConsumer):
@@ -151,6 +155,35 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
         except LAYER_ERRORS as error:
             return self.session.layer_lost(error)
         return None
+
+
+class TraceConsumer(LeanAsyncConsumer):
+    """Forwards a token's trace records (``trace.record`` events) to the page that asked for them."""
+
+    uses_database = False  # the one query, at connect, goes through database_sync_to_async
+
+    async def websocket_connect(self, event: Message) -> None:
+        token = self.scope["url_route"]["kwargs"]["token"]
+        if not await database_sync_to_async(token_valid)(self.scope.get("session"), token):
+            why = "trace token not issued to this session, or expired"
+            for message in denial(self.scope, HTTPStatus.FORBIDDEN, why):
+                await self.send(message)
+            raise StopConsumer()
+        self.group = trace_group(token)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.send(protocol.accept())
+
+    async def websocket_receive(self, event: Message) -> None:
+        pass  # the page only listens on this socket
+
+    async def trace_record(self, event: Message) -> None:
+        await self.send(protocol.send_text(json.dumps(event["record"])))
+
+    async def websocket_disconnect(self, event: Message) -> None:
+        if hasattr(self, "group"):
+            with contextlib.suppress(*LAYER_ERRORS):
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+        raise StopConsumer()
 
 
 def room_refusal(scope: Scope, error: Exception) -> list[Message]:

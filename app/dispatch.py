@@ -24,6 +24,7 @@ from django.db import close_old_connections
 from app import protocol
 from app.layers import LAYER_ERRORS
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
+from app.tracing import Tracer
 
 try:  # what uvicorn raises for a send to a client that has left
     from uvicorn.protocols.utils import ClientDisconnected
@@ -80,6 +81,11 @@ class _DispatchLoop:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        # Only a handshake with ?trace=<token> is wrapped; every other connection keeps the
+        # server's own receive and send, with no per-message check (app/tracing.py).
+        self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
+        if self.tracer is not None:
+            receive, send = self.tracer.source(receive), self.tracer.sink(send)
         # SyncConsumer's handlers call send() from their thread: one hop back to the loop
         # (Channels uses async_to_sync, several hops and context copies per message).
         self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
@@ -126,9 +132,12 @@ class _DispatchLoop:
             while True:
                 await inbox.put(await source())
 
+        layer_receive = (
+            self.tracer.source(self._layer_receive) if self.tracer else self._layer_receive
+        )
         readers = [
             asyncio.create_task(pump(receive)),
-            asyncio.create_task(pump(self._layer_receive)),
+            asyncio.create_task(pump(layer_receive)),
         ]
         try:
             while True:

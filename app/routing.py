@@ -7,6 +7,7 @@ from app.consumers import (
     BroadcastSyncConsumer,
     EchoAsyncConsumer,
     EchoSyncConsumer,
+    TraceConsumer,
 )
 from app.handshake import unknown_route
 
@@ -24,5 +25,6 @@ websocket_urlpatterns = [
         BroadcastAsyncConsumer.as_asgi(),
         name="broadcast-async",
     ),
+    re_path(r"^ws/trace/(?P<token>[A-Za-z0-9_-]{1,64})/$", TraceConsumer.as_asgi(), name="trace"),
     re_path(r"", unknown_route),
 ]

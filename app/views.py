@@ -4,12 +4,15 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_safe
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_POST, require_safe
 
 from app.dispatch import live
+from app.tracing import issue_token
 
 
 @require_safe
+@ensure_csrf_cookie  # the page's JS sends it back when it asks for a trace token
 def index(request: HttpRequest) -> HttpResponse:
     """The browser test client for the echo consumers."""
     return render(
@@ -67,3 +70,10 @@ def channel_layer_reachable(layer) -> bool:
             client.close()
     except (redis.RedisError, OSError, ValueError):
         return False
+
+
+@require_POST
+def trace_token(request: HttpRequest) -> JsonResponse:
+    """A trace token bound to this browser's session (app/tracing.py says how it is used)."""
+    token, ttl = issue_token(request.session)
+    return JsonResponse({"token": token, "expires_in": ttl})

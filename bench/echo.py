@@ -58,8 +58,8 @@ TARGETS = [
 
 #: Messages per cell, by size: enough for a stable rate, few enough to bound the run. At many
 #: connections each gets at least PER_CONNECTION, so that the opening burst does not dominate.
-MESSAGES = {16: 20_000, 4096: 20_000, 65536: 4_000}
-PER_CONNECTION = 50
+MESSAGES = {16: 60_000, 4096: 60_000, 65536: 10_000}
+PER_CONNECTION = 60
 
 
 def run_client(*args: str, timeout: float) -> dict:

@@ -168,6 +168,8 @@ WEBSOCKET_ALLOW_MISSING_ORIGIN = env_bool("WEBSOCKET_ALLOW_MISSING_ORIGIN", True
 #: above one connection's ping-pong echo rate (at most ~16,000/s in docs/benchmarks.md).
 WEBSOCKET_RATE_LIMIT = env_int("WEBSOCKET_RATE_LIMIT", 25_000)
 WEBSOCKET_RATE_BURST = env_int("WEBSOCKET_RATE_BURST", 5_000)
+#: Seconds a trace token (the page's ASGI-event inspector) stays valid after it is issued.
+TRACE_TOKEN_TTL = env_int("TRACE_TOKEN_TTL", 600)
 #: Threads that run SyncConsumer handlers; each blocking handler holds one while it runs.
 SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
 

@@ -5,5 +5,6 @@ from app import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("trace/token", views.trace_token, name="trace-token"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

@@ -12,6 +12,8 @@
 
   let socket = null;
   let measureRtt = true;
+  let traceSocket = null;
+  let traceStart = null;
   // The echo keeps order, so the oldest pending send is the one each echo answers.
   const pending = [];
 
@@ -37,28 +39,84 @@
     return text.length > limit ? text.slice(0, limit) + "\u2026" : text;
   }
 
-  function addEntry(kind, summary, detail) {
-    const item = document.createElement("li");
-    item.className = "entry entry-" + kind;
-    item.dataset.kind = kind;
-    const time = document.createElement("time");
-    time.textContent = timestamp();
-    const label = document.createElement("span");
-    label.className = "kind";
-    label.textContent = kind;
-    const text = document.createElement("span");
-    text.className = "summary";
-    text.textContent = summary;
-    item.append(time, label, text);
-    if (detail !== undefined) {
-      const body = document.createElement("pre");
-      body.className = "detail";
-      body.textContent = detail;
-      item.append(body);
-    }
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;  // never innerHTML: echoed content is text
+    return node;
+  }
+
+  function append(item) {
     log.append(item);
     log.scrollTop = log.scrollHeight;
     return item;
+  }
+
+  // A browser-side event: what the WebSocket API reported.
+  function addEntry(kind, summary, detail) {
+    const item = el("li", "entry side-browser entry-" + kind);
+    item.dataset.kind = kind;
+    item.dataset.side = "browser";
+    const cell = el("div", "cell");
+    cell.append(el("time", "", timestamp()), el("span", "kind", kind), el("span", "summary", summary));
+    if (detail !== undefined) cell.append(el("pre", "detail", detail));
+    item.append(cell);
+    return append(item);
+  }
+
+  // A server-side record: an ASGI event the consumer received or sent. Click to see every field.
+  function addServerEntry(record) {
+    const item = el("li", "entry side-server entry-" + record.direction);
+    item.dataset.kind = "server-" + record.direction;
+    item.dataset.side = "server";
+    item.dataset.type = record.type;
+    if (traceStart === null) traceStart = record.t;
+    const handler = record.handler ? ` \u2192 ${record.handler}()` : "";
+    const details = el("details");
+    const summary = el("summary");
+    summary.append(
+      el("time", "", `+${((record.t - traceStart) * 1000).toFixed(1)} ms`),
+      el("span", "kind", record.direction),
+      el("span", "summary", `${record.type}${handler}`),
+    );
+    const full = { type: record.type, ...record.fields };
+    if (record.scope) full.scope = record.scope;
+    details.append(summary, el("pre", "detail", JSON.stringify(full, null, 2)));
+    const cell = el("div", "cell");
+    cell.append(details);
+    item.append(cell);
+    return append(item);
+  }
+
+  const stats = { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null };
+  function resetStats() {
+    Object.assign(stats, { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null });
+    showStats();
+  }
+  function showStats() {
+    const since = stats.since ? `connected since ${stats.since.toLocaleTimeString([], { hour12: false })}` : "not connected";
+    $("stats").textContent =
+      `sent ${stats.sentMessages} msgs, ${stats.sentBytes} B \u00b7 received ${stats.receivedMessages} msgs, ` +
+      `${stats.receivedBytes} B \u00b7 ${since}`;
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  // Ask for a trace token bound to this browser's session, and listen on its trace socket.
+  async function openTrace(scheme) {
+    const response = await fetch("/trace/token", { method: "POST", headers: { "X-CSRFToken": csrfToken() } });
+    if (!response.ok) throw new Error(`trace token: HTTP ${response.status}`);
+    const { token } = await response.json();
+    const listener = new WebSocket(`${scheme}://${location.host}/ws/trace/${token}/`);
+    await new Promise((resolve, reject) => {
+      listener.addEventListener("open", resolve, { once: true });
+      listener.addEventListener("close", () => reject(new Error("the trace socket was refused")), { once: true });
+    });
+    listener.addEventListener("message", (msg) => addServerEntry(JSON.parse(msg.data)));
+    return { token, listener };
   }
 
   function setState(name) {
@@ -76,13 +134,32 @@
     return `/ws/echo/${consumer}/`;
   }
 
-  function connect(event) {
+  async function connect(event) {
     event.preventDefault();
     const mode = $("mode").value;
     const consumer = $("consumer").value;
     const offered = $("subprotocols").value.split(",").map((s) => s.trim()).filter(Boolean);
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}${socketPath(mode, consumer)}`;
+    let url = `${scheme}://${location.host}${socketPath(mode, consumer)}`;
+    if (traceSocket) traceSocket.close(1000, "a new connection");
+    traceSocket = null;
+    traceStart = null;
+    const traced = $("trace").checked;
+    log.classList.toggle("traced", traced);
+    $("columns").hidden = !traced;
+    resetStats();
+    if (traced) {
+      setState("connecting");
+      try {
+        const trace = await openTrace(scheme);
+        traceSocket = trace.listener;
+        url += `?trace=${encodeURIComponent(trace.token)}`;
+      } catch (err) {
+        addEntry("error", `cannot trace: ${err.message}`);
+        setState("closed");
+        return;
+      }
+    }
     // Round-trip times only mean something for echo: in a room, others' messages arrive too.
     measureRtt = mode === "echo";
     pending.length = 0;
@@ -98,17 +175,22 @@
     const ws = socket;
     ws.addEventListener("open", () => {
       setState("open");
+      stats.since = new Date();
+      showStats();
       const where = mode === "room" ? ` in room ${$("room").value.trim()}` : "";
       addEntry("open", `connected to the ${consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}`);
     });
     ws.addEventListener("message", (msg) => {
       const sentAt = measureRtt ? pending.shift() : undefined;
       const rtt = sentAt === undefined ? "" : ` in ${(performance.now() - sentAt).toFixed(1)} ms`;
+      const bytes = typeof msg.data === "string" ? new TextEncoder().encode(msg.data).length : msg.data.byteLength;
+      stats.receivedMessages += 1;
+      stats.receivedBytes += bytes;
+      showStats();
       if (typeof msg.data === "string") {
-        const bytes = new TextEncoder().encode(msg.data).length;
         addEntry("received", `text, ${bytes} bytes${rtt}`, preview(msg.data));
       } else {
-        addEntry("received", `binary, ${msg.data.byteLength} bytes${rtt}`);
+        addEntry("received", `binary, ${bytes} bytes${rtt}`);
       }
     });
     ws.addEventListener("error", () => {
@@ -117,6 +199,8 @@
     ws.addEventListener("close", (ev) => {
       if (socket === ws) socket = null;
       setState("closed");
+      stats.since = null;
+      showStats();
       const reason = ev.reason ? ` reason "${ev.reason}"` : " no reason";
       addEntry("close", `code ${ev.code} (${closeName(ev.code)})${reason}, wasClean ${ev.wasClean}`);
     });
@@ -129,6 +213,9 @@
     }
     if (measureRtt) pending.push(performance.now());
     socket.send(data);
+    stats.sentMessages += 1;
+    stats.sentBytes += typeof data === "string" ? new TextEncoder().encode(data).length : data.byteLength;
+    showStats();
     addEntry("sent", summary, detail);
   }
 

@@ -24,6 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def conversation(page) -> None:
     page.select_option("#consumer", "async")
     page.fill("#subprotocols", "echo.v1")
+    page.check("#trace")
     page.click("#connect")
     expect(page.locator("#state")).to_have_text("open")
     for text in [
@@ -36,6 +37,8 @@ def conversation(page) -> None:
     page.fill("#binary-size", "4096")
     page.click("#send-binary")
     expect(page.locator("#log li[data-kind='received']")).to_have_count(4)
+    expect(page.locator("#log li[data-side='server']")).to_have_count(10)
+    page.locator("#log li[data-side='server']").nth(2).locator("summary").click()
     page.fill("#text", "type here, Enter sends")
 
 

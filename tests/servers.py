@@ -59,7 +59,12 @@ class LiveServer:
     """One server process on a free loopback port."""
 
     def __init__(
-        self, kind: str, *, env: dict[str, str] | None = None, app: str = "project.asgi:application"
+        self,
+        kind: str,
+        *,
+        env: dict[str, str] | None = None,
+        app: str = "project.asgi:application",
+        cwd: Path = ROOT,
     ):
         self.kind = kind
         self.port = free_port()
@@ -67,7 +72,7 @@ class LiveServer:
         full_env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
             server_command(kind, self.port, app),
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,

@@ -205,3 +205,77 @@ def test_room_mode_shows_what_the_broadcast_command_pushes(browser, redis_server
             "news from the server"
         )
         context.close()
+
+
+def test_tracing_fills_the_server_column_with_every_event(page, kind):
+    page.check("#trace")
+    connect(page, kind)
+    expect(page.locator("#columns")).to_be_visible()
+    server = page.locator("#log li[data-side='server']")
+    expect(server.filter(has_text="websocket.accept")).to_have_count(1)
+    send_text(page, "traced text")
+    page.fill("#binary-size", "48")
+    page.click("#send-binary")
+    expect(entries(page, "received")).to_have_count(2)
+    page.fill("#close-code", "4001")
+    page.fill("#close-reason", "done tracing")
+    page.click("#close")
+    disconnect = server.filter(has_text="websocket.disconnect")
+    expect(disconnect).to_have_count(1)
+    expected = [
+        ("received", "websocket.connect \u2192 websocket_connect()"),
+        ("sent", "websocket.accept"),
+        ("received", "websocket.receive \u2192 websocket_receive()"),
+        ("sent", "websocket.send"),
+        ("received", "websocket.receive \u2192 websocket_receive()"),
+        ("sent", "websocket.send"),
+        ("received", "websocket.disconnect \u2192 websocket_disconnect()"),
+    ]
+    rows = [
+        (r.locator(".kind").inner_text(), r.locator(".summary").inner_text()) for r in server.all()
+    ]
+    assert rows == expected
+    # Clicking a server event shows its whole message dict.
+    disconnect.locator("summary").click()
+    detail = disconnect.locator("pre")
+    expect(detail).to_be_visible()
+    expect(detail).to_contain_text('"code": 4001')
+    expect(detail).to_contain_text('"reason": "done tracing"')
+    connect_row = server.first
+    connect_row.locator("summary").click()
+    expect(connect_row.locator("pre")).to_contain_text(f'"path": "/ws/echo/{kind}/"')
+    expect(connect_row.locator("pre")).to_contain_text('"(redacted)"')  # the session cookie
+    binary_in = server.nth(4)
+    binary_in.locator("summary").click()
+    expect(binary_in.locator("pre")).to_contain_text('"bytes": 48')
+    expect(page.locator("#stats")).to_contain_text("sent 2 msgs, 59 B")
+
+
+def test_a_trace_token_does_not_work_in_another_browser_session(browser, uvicorn_server):
+    owner = browser.new_context()
+    stranger = browser.new_context()
+    try:
+        page = owner.new_page()
+        page.goto(uvicorn_server.http_url + "/")
+        token = page.evaluate(
+            """async () => {
+                const csrf = document.cookie.match(/csrftoken=([^;]+)/)[1];
+                const r = await fetch('/trace/token', {method: 'POST', headers: {'X-CSRFToken': csrf}});
+                return (await r.json()).token;
+            }"""
+        )
+        other = stranger.new_page()
+        other.goto(uvicorn_server.http_url + "/")
+        outcome = other.evaluate(
+            """(token) => new Promise((resolve) => {
+                const ws = new WebSocket(`ws://${location.host}/ws/trace/${token}/`);
+                ws.onopen = () => resolve('open');
+                ws.onclose = (e) => resolve('closed ' + e.code);
+            })""",
+            token,
+        )
+        assert outcome == "closed 1006"  # the handshake was refused (403)
+        uvicorn_server.wait_for_log(r"403 trace token not issued to this session, or expired")
+    finally:
+        owner.close()
+        stranger.close()

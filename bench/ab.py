@@ -1,0 +1,89 @@
+"""A/B: the project's echo at a git ref against the working tree, in one run, alternating.
+
+    .venv/bin/python -m bench.ab --before HEAD~1 [--connections 100] [--rounds 6]
+
+Checks the ref out into a temporary worktree, serves both trees under uvicorn side by side,
+and runs the same ping-pong on each echo route in alternating order, so that a change can be
+shown to be within noise (used for tracing: untraced echo must pay nothing). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+import django
+
+django.setup()
+
+from bench.echo import run_client  # noqa: E402
+from tests.servers import ROOT, LiveServer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="git ref to compare the working tree with")
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
+        before_tree = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(before_tree), args.before], cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            env = {"LOG_LEVEL": "WARNING"}
+            servers = {
+                "before": LiveServer(
+                    "uvicorn", env=env, cwd=before_tree
+                ),  # manage.py imports its own tree
+                "after": LiveServer("uvicorn", env=env),
+            }
+            results: dict[str, dict[str, list[float]]] = {
+                name: {"sync": [], "async": []} for name in servers
+            }
+            try:
+                for server in servers.values():
+                    server.wait_ready()
+                for round_ in range(args.rounds):
+                    order = list(servers) if round_ % 2 == 0 else list(servers)[::-1]
+                    for name in order:
+                        for kind in ("async", "sync"):
+                            url = f"{servers[name].ws_url}/ws/echo/{kind}/"
+                            figures = run_client("pingpong", "--url", url, "--connections", str(args.connections),
+                                                 "--messages", str(args.messages), timeout=300)  # fmt: skip
+                            results[name][kind].append(figures["msgs_per_s"])
+                            print(f"round {round_ + 1} {name:6} {kind:5}: {figures['msgs_per_s']:,.0f} msg/s",
+                                  file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                for server in servers.values():
+                    server.stop()
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(before_tree)],
+                cwd=ROOT,
+                capture_output=True,
+            )
+    summary = {}
+    for kind in ("async", "sync"):
+        before, after = results["before"][kind], results["after"][kind]
+        summary[kind] = {
+            "before_median": statistics.median(before),
+            "after_median": statistics.median(after),
+            "ratio": statistics.median(after) / statistics.median(before),
+            "before_spread": (min(before), max(before)),
+            "after_spread": (min(after), max(after)),
+        }
+    print(json.dumps({"before": args.before, "connections": args.connections, "rounds": args.rounds,
+                      "results": results, "summary": summary}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
