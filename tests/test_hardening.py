@@ -67,6 +67,7 @@ class RaisingAsync(LeanAsyncConsumer):
 
 
 @pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)  # pool threads may hold a connection from earlier tests
 @pytest.mark.parametrize("consumer", [RaisingSync, RaisingAsync])
 async def test_a_handler_that_raises_closes_its_connection_with_1011_only(consumer, caplog):
     failing = WebsocketCommunicator(consumer.as_asgi(), "/", spec_version="2.4")
