@@ -77,20 +77,21 @@ class _DispatchLoop:
     #: per message. (LeanSyncConsumer always cleans up, in its handler thread, at no hop.)
     uses_database = True
     _layer_failed = False
+    tracer = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        # Only a handshake with ?trace=<token> is wrapped; every other connection keeps the
-        # server's own receive and send, with no per-message check (app/tracing.py).
-        self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
-        if self.tracer is not None:
-            receive, send = self.tracer.source(receive), self.tracer.sink(send)
-        # SyncConsumer's handlers call send() from their thread: one hop back to the loop
-        # (Channels uses async_to_sync, several hops and context copies per message).
-        self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
         live.opened()
         try:
+            # Only a handshake with ?trace=<token> is wrapped; every other connection keeps the
+            # server's own receive and send, with no per-message check (app/tracing.py).
+            self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
+            if self.tracer is not None:
+                receive, send = self.tracer.source(receive), self.tracer.sink(send)
+            # SyncConsumer's handlers call send() from their thread: one hop back to the loop
+            # (Channels uses async_to_sync, several hops and context copies per message).
+            self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
             if self.channel_layer is None:
                 # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
                 while True:
