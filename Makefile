@@ -39,3 +39,7 @@ screenshot: $(STAMP)
 ## bench: the full echo benchmark grid; writes docs/benchmarks.{json,md,png} (about 10 minutes)
 bench: $(STAMP)
 	$(BIN)/python -m bench.echo
+
+## soak: ten minutes of steady echo load with churn; writes docs/soak.{json,png}
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
