@@ -64,6 +64,10 @@ NOTES = {
         "SIGTERM: close frame to every client",
         "connections dropped without a close frame",
     ),
+    "invalid_utf8_close_code": (
+        "invalid UTF-8 in a text frame: close code",
+        "TCP connection dropped (autobahn's failByDrop)",
+    ),
 }
 
 COMMON = [
