@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test lint format bench screenshot
+.PHONY: run test lint format bench screenshot soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ screenshot: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python -m tests.screenshot
 
-## bench: the full echo benchmark grid; writes docs/benchmarks.{json,md,png} (about 10 minutes)
+## bench: the full echo benchmark grid; writes docs/benchmarks.{json,md,png} (about 20 minutes on 2 cores)
 bench: $(STAMP)
 	$(BIN)/python -m bench.echo
 

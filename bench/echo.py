@@ -1,6 +1,6 @@
 """The echo benchmark: the project's consumers against the ASGI ceiling and stock Channels.
 
-    make bench                      # the full grid, about 10 minutes on 2 cores
+    make bench                      # the full grid, about 20 minutes on 2 cores
     .venv/bin/python -m bench.echo --quick --out-dir /tmp/bench   # the CI smoke, seconds
 
 For each server (uvicorn, daphne) three server processes run side by side: the raw ASGI echo
