@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import redis
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 from redis.exceptions import RedisError
@@ -15,6 +16,15 @@ logger = logging.getLogger("app.layers")
 
 #: What a channel layer raises when it cannot carry a message (Redis down, unreachable, slow).
 LAYER_ERRORS = (OSError, asyncio.TimeoutError, RedisError, ChannelFull)
+
+
+def ping_redis(url: str, *, timeout: float) -> None:
+    """PING the Redis at ``url`` on a fresh connection; raises RedisError, OSError or ValueError."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 class LoggingInMemoryChannelLayer(InMemoryChannelLayer):

@@ -8,6 +8,9 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core import checks
+from redis.exceptions import RedisError
+
+from app.layers import ping_redis
 
 
 class StartupError(Exception):
@@ -46,11 +49,7 @@ def _check_redis(url: str) -> None:
     parsed = urlparse(url)
     if parsed.scheme not in {"redis", "rediss", "unix"}:
         raise StartupError(f"REDIS_URL {url!r} is not a redis://, rediss:// or unix:// URL")
-    import redis
-
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-        client.ping()
-        client.close()
-    except (redis.RedisError, ValueError, OSError) as error:
+        ping_redis(url, timeout=2)
+    except (RedisError, ValueError, OSError) as error:
         raise StartupError(f"REDIS_URL {url!r} is unreachable: {error}") from None

@@ -1,4 +1,4 @@
-"""HTTP views: the demo page, health, and a clear answer to plain HTTP on WebSocket paths."""
+"""HTTP views: the demo page, health, trace tokens, and a clear answer to plain HTTP on /ws/."""
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
@@ -6,8 +6,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST, require_safe
+from redis.exceptions import RedisError
 
 from app.dispatch import live
+from app.layers import ping_redis
 from app.tracing import issue_token
 
 
@@ -58,18 +60,11 @@ def channel_layer_reachable(layer) -> bool:
     """True for the in-memory layer; for Redis, whether REDIS_URL answers a PING within 1 s."""
     if layer is None or isinstance(layer, InMemoryChannelLayer):
         return True
-    import redis
-
     try:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
-        )
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, ValueError):
+        ping_redis(settings.REDIS_URL, timeout=1)
+    except (RedisError, OSError, ValueError):
         return False
+    return True
 
 
 @require_POST
