@@ -93,11 +93,12 @@ def headers_summary(headers) -> list[list[str]]:
 def scope_summary(scope: Scope) -> dict:
     """What the consumer knows at connect, with cookies and credentials redacted."""
     client = scope.get("client")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if token := query_token(scope):
+        query = query.replace(token, "(token)")  # not repeated into records, logs or screenshots
     return {
         "path": scope.get("path"),
-        "query_string": scope.get("query_string", b"")
-        .decode("latin-1")
-        .replace(query_token(scope) or "\0", "(token)"),
+        "query_string": query,
         "subprotocols": list(scope.get("subprotocols") or []),
         "client": f"{client[0]}:{client[1]}" if client else None,
         "headers": headers_summary(scope.get("headers", [])),
