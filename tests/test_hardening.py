@@ -153,7 +153,9 @@ def test_the_default_rate_limit_leaves_the_benchmarks_ping_pong_alone():
 # --- fuzzing the consumers ------------------------------------------------------------------
 
 FUZZ = hypothesis_settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -248,11 +250,24 @@ async def handshake(path: str, headers: list, subprotocols: list[str]) -> dict:
         st.sampled_from([b"http://[", b"http://a:99999", b"http://localhost"]),
     ),
     subprotocols=st.lists(st.text(min_size=1, max_size=12), max_size=4),
+    extra_headers=st.lists(
+        st.tuples(
+            st.one_of(
+                st.sampled_from([b"cookie", b"host", b"x-forwarded-for"]),
+                st.binary(min_size=1, max_size=12),
+            ),
+            st.one_of(
+                st.binary(max_size=40), st.sampled_from([b"sessionid=nope", b"sessionid=", b";;=;"])
+            ),
+        ),
+        max_size=4,
+    ),
 )
-def test_any_path_origin_and_subprotocols_are_accepted_or_refused_cleanly(
-    path, origin, subprotocols
+def test_any_path_headers_and_subprotocols_are_accepted_or_refused_cleanly(
+    path, origin, subprotocols, extra_headers
 ):
     headers = [(b"origin", origin)] if origin is not None else []
+    headers += [(name.lower(), value) for name, value in extra_headers]
     with ErrorRecords() as errors:
         reply = asyncio.run(handshake(path, headers, subprotocols))
     assert reply["type"] in {"websocket.accept", "websocket.close"}
