@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from app import protocol
-from app.layers import LAYER_ERRORS
+from app.layers import LAYER_ERRORS, error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.tracing import Tracer
 
@@ -175,7 +175,7 @@ class _DispatchLoop:
                     self._layer_failed = True
                     return {
                         "type": "layer.unavailable",
-                        "error": f"{type(error).__name__}: {error}",
+                        "error": error_text(error),
                     }
         raise AssertionError("unreachable")
 

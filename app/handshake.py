@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from app.protocol import ASGIApp, Message, Receive, Scope, Send, ServerFeatures, header
+from app.protocol import ASGIApp, Message, Receive, Scope, Send, ServerFeatures, header, peer
 
 logger = logging.getLogger("app.handshake")
 
@@ -25,9 +25,9 @@ def denial(scope: Scope, status: HTTPStatus, why: str) -> list[Message]:
 
     Sent in answer to ``websocket.connect``, before any ``websocket.accept``.
     """
-    client = scope.get("client")
-    peer = f"{client[0]}:{client[1]}" if client else "-"
-    logger.warning("refused %s %s: %d %s", peer, scope.get("path"), status, why)
+    logger.warning(
+        "refused %s %s: %d %s", peer(scope.get("client")), scope.get("path"), status, why
+    )
     if not ServerFeatures.from_scope(scope).denial_response:
         return [{"type": "websocket.close"}]  # the server answers 403
     body = f"{status} {status.phrase}: {why}\n".encode()

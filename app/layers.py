@@ -18,6 +18,11 @@ logger = logging.getLogger("app.layers")
 LAYER_ERRORS = (OSError, asyncio.TimeoutError, RedisError, ChannelFull)
 
 
+def error_text(error: BaseException) -> str:
+    """An exception as one log-line fragment: ``ConnectionError: Connection refused``."""
+    return f"{type(error).__name__}: {error}"
+
+
 def ping_redis(url: str, *, timeout: float) -> None:
     """PING the Redis at ``url`` on a fresh connection; raises RedisError, OSError or ValueError."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)

@@ -137,6 +137,11 @@ def close(code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> Message:
     return {"type": "websocket.close", "code": int(code), "reason": reason}
 
 
+def peer(client: tuple[str, int] | list | None, default: str | None = "-") -> str | None:
+    """An ASGI ``client`` (host, port) as ``host:port``, for log lines and trace records."""
+    return f"{client[0]}:{client[1]}" if client else default
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of a request header in the scope (names are lower-case in ASGI)."""
     for key, value in scope.get("headers", ()):

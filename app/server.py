@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from app.protocol import CloseCode, Message
+from app.protocol import CloseCode, Message, peer
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -38,9 +38,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         try:
             text = data.decode()
         except UnicodeDecodeError as error:
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
             self.logger.warning(
-                "closing 1007 for %s: text message is not UTF-8 (%s)", client, error.reason
+                "closing 1007 for %s: text message is not UTF-8 (%s)",
+                peer(self.client),
+                error.reason,
             )
             self.conn.send_close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
             self.handle_parser_exception()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from app import protocol
-from app.protocol import CloseCode, ConnectionState, Message, Scope, ServerFeatures
+from app.layers import error_text
+from app.protocol import CloseCode, ConnectionState, Message, Scope, ServerFeatures, peer
 
 logger = logging.getLogger("app.ws")
 
@@ -24,9 +25,8 @@ _connection_ids = itertools.count(1)
 
 def connection_logger(scope: Scope, consumer: str) -> logging.LoggerAdapter:
     """A logger per connection: every line names the connection, its client and its path."""
-    client = scope.get("client")
-    peer = f"{client[0]}:{client[1]}" if client else "-"
-    prefix = f"[ws#{next(_connection_ids)} {consumer} {peer} {scope.get('path', '')}]"
+    client = peer(scope.get("client"))
+    prefix = f"[ws#{next(_connection_ids)} {consumer} {client} {scope.get('path', '')}]"
     return _PrefixAdapter(logger, {"connection": prefix})
 
 
@@ -162,7 +162,7 @@ class Session:
         )
         return protocol.close(sent, reason)
 
-    def layer_lost(self, error: object) -> Message | None:
+    def layer_lost(self, error: Exception | str) -> Message | None:
         """The close for a channel layer that failed (1013: the client should retry later)."""
         if self.state is not ConnectionState.OPEN:
             return None
@@ -170,7 +170,7 @@ class Session:
             CloseCode.TRY_AGAIN_LATER,
             "channel layer unavailable, try again later",
             level=logging.WARNING,
-            detail=str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}",
+            detail=error if isinstance(error, str) else error_text(error),
         )
 
     def disconnected(self, event: Message) -> None:

@@ -26,7 +26,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from app.protocol import Message, Receive, Scope, Send
+from app.protocol import Message, Receive, Scope, Send, peer
 
 logger = logging.getLogger("app.tracing")
 
@@ -92,7 +92,6 @@ def headers_summary(headers) -> list[list[str]]:
 
 def scope_summary(scope: Scope) -> dict:
     """What the consumer knows at connect, with cookies and credentials redacted."""
-    client = scope.get("client")
     query = scope.get("query_string", b"").decode("latin-1")
     if token := query_token(scope):
         query = query.replace(token, "(token)")  # not repeated into records, logs or screenshots
@@ -100,7 +99,7 @@ def scope_summary(scope: Scope) -> dict:
         "path": scope.get("path"),
         "query_string": query,
         "subprotocols": list(scope.get("subprotocols") or []),
-        "client": f"{client[0]}:{client[1]}" if client else None,
+        "client": peer(scope.get("client"), default=None),
         "headers": headers_summary(scope.get("headers", [])),
     }
 

@@ -7,7 +7,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
 from app import protocol
-from app.layers import LAYER_ERRORS
+from app.layers import LAYER_ERRORS, error_text
 from app.rooms import InvalidRoom, Room, room_event
 
 
@@ -32,7 +32,5 @@ class Command(BaseCommand):
         try:
             async_to_sync(layer.group_send)(target.group, room_event(protocol.send_text(message)))
         except LAYER_ERRORS as error:
-            raise CommandError(
-                f"channel layer unavailable: {type(error).__name__}: {error}"
-            ) from None
+            raise CommandError(f"channel layer unavailable: {error_text(error)}") from None
         self.stdout.write(f"sent {len(message.encode())} bytes to room {target.name}")
