@@ -171,7 +171,9 @@
     }
     socket.binaryType = "arraybuffer";
     setState("connecting");
-    addEntry("connecting", `${url}` + (offered.length ? ` offering ${offered.join(", ")}` : " with no subprotocol"));
+    // The trace token stays out of the log, as it does in the server's scope summary.
+    const shown = url.replace(/trace=[^&]+/, "trace=(token)");
+    addEntry("connecting", shown + (offered.length ? ` offering ${offered.join(", ")}` : " with no subprotocol"));
     const ws = socket;
     ws.addEventListener("open", () => {
       setState("open");

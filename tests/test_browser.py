@@ -211,6 +211,7 @@ def test_tracing_fills_the_server_column_with_every_event(page, kind):
     page.check("#trace")
     connect(page, kind)
     expect(page.locator("#columns")).to_be_visible()
+    expect(entries(page, "connecting").last).to_contain_text(f"/ws/echo/{kind}/?trace=(token)")
     server = page.locator("#log li[data-side='server']")
     expect(server.filter(has_text="websocket.accept")).to_have_count(1)
     send_text(page, "traced text")
