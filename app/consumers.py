@@ -32,6 +32,7 @@ class EchoSyncConsumer(LeanSyncConsumer):
 
     channel_layer_alias = None  # echo needs no channel layer, so it pays for none
     uses_database = False
+    traceable = True  # ?trace=<token> shows its events on the page (app/tracing.py)
 
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync")
@@ -51,6 +52,7 @@ class EchoAsyncConsumer(LeanAsyncConsumer):
 
     channel_layer_alias = None
     uses_database = False
+    traceable = True
 
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async")
@@ -69,6 +71,7 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     """A room member in blocking code: what it receives goes to the whole room, itself included."""
 
     uses_database = False
+    traceable = True
 
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync")
@@ -115,6 +118,7 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     """The same room member as coroutines."""
 
     uses_database = False
+    traceable = True
 
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async")

@@ -1,16 +1,30 @@
 """The project's consumer base classes: Channels' ``AsyncConsumer`` and ``SyncConsumer``,
-with the per-message overhead taken out and a lost channel layer turned into an event.
+with the per-message overhead taken out and Channels' contract kept.
 
 Handlers are still named after message types and called by ``dispatch``; what changes is
-how a message gets to ``dispatch``. Each change cites its cause in Channels 4.3.
+how a message gets to ``dispatch``. Each change cites its cause in Channels 4.3. What is kept,
+and checked by running Channels' own test suite with these classes in its base classes' place
+(``tests/test_channels_suite.py``):
+
+- a handler's exception ends the consumer and reaches the server, as with Channels (on a
+  WebSocket the client is first closed with 1011 and a reason);
+- each connection's sync handlers run in one ``contextvars.Context`` of their own, copied from
+  the context the consumer was called in, and on one thread (see ``HandlerLanes``);
+- settings are read with defaults, and a consumer that does not opt in to tracing
+  (``traceable``) or to channel-layer failure events (a ``layer_unavailable`` handler) pays
+  nothing for them and sees nothing of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync
@@ -36,6 +50,21 @@ except ImportError:  # pragma: no cover - uvicorn is a dependency
 
 logger = logging.getLogger("app.dispatch")
 
+#: Threads for sync handlers where settings has no ``SYNC_CONSUMER_THREADS``.
+DEFAULT_SYNC_CONSUMER_THREADS = 32
+
+#: Seconds a consumer waits for its cancelled readers before it ends regardless.
+READER_STOP_TIMEOUT = 2.0
+
+
+class UnroutableMessage(ValueError):
+    """A message no handler can take: a malformed type, or no method for its type.
+
+    Raised where Channels raises its ``ValueError`` (this is one), and, as with Channels, it
+    is the first thing the caller sees: nothing is sent to the client before it leaves the
+    consumer (Channels' ``test_block_underscored_type_function_call`` requires exactly that).
+    """
+
 
 class LiveConsumers:
     """How many consumers are running in this process: one per open WebSocket connection."""
@@ -53,20 +82,44 @@ class LiveConsumers:
 #: Read by /healthz; only the event loop thread changes it.
 live = LiveConsumers()
 
-#: Seconds a consumer waits for its cancelled readers before it ends regardless.
-READER_STOP_TIMEOUT = 2.0
 
-#: Threads for sync handlers. One shared thread would serialise every connection (channels#2132).
-_sync_handler_pool: ThreadPoolExecutor | None = None
+class HandlerLanes:
+    """The threads sync handlers run on: ``size`` lanes of one thread each.
+
+    A connection takes the least busy lane when it opens and keeps it until it ends, so all its
+    handlers run on one thread, as with Channels (where every ``SyncConsumer`` of the process
+    shares one thread): an object with thread affinity made in one handler (a ``sqlite3``
+    connection, a thread-local) works in the next. Connections on different lanes run side by
+    side (Channels' single thread serialises them all, channels#2132); connections that share a
+    lane, once there are more connections than lanes, wait for each other's handlers.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.lanes = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sync-consumer-{index}")
+            for index in range(size)
+        ]
+        self.load = [0] * size  # connections holding each lane
+
+    def take(self) -> ThreadPoolExecutor:
+        index = self.load.index(min(self.load))
+        self.load[index] += 1
+        return self.lanes[index]
+
+    def release(self, lane: ThreadPoolExecutor) -> None:
+        self.load[self.lanes.index(lane)] -= 1
 
 
-def sync_handler_pool() -> ThreadPoolExecutor:
-    global _sync_handler_pool
-    if _sync_handler_pool is None:
-        _sync_handler_pool = ThreadPoolExecutor(
-            max_workers=settings.SYNC_CONSUMER_THREADS, thread_name_prefix="sync-consumer"
-        )
-    return _sync_handler_pool
+_handler_lanes: HandlerLanes | None = None
+
+
+def handler_lanes() -> HandlerLanes:
+    """The process's lanes, made on first use with ``SYNC_CONSUMER_THREADS`` of them."""
+    global _handler_lanes
+    if _handler_lanes is None:
+        size = getattr(settings, "SYNC_CONSUMER_THREADS", DEFAULT_SYNC_CONSUMER_THREADS)
+        _handler_lanes = HandlerLanes(size)
+    return _handler_lanes
 
 
 class _DispatchLoop:
@@ -76,48 +129,82 @@ class _DispatchLoop:
     #: does. Consumers whose handlers never touch the ORM set this False: it costs a thread hop
     #: per message. (LeanSyncConsumer always cleans up, in its handler thread, at no hop.)
     uses_database = True
+    #: Opt-in: a handshake with ``?trace=<token>`` of its own session is traced (app/tracing.py).
+    #: Elsewhere a ``trace`` query parameter is only a query parameter.
+    traceable = False
+    tracer: Tracer | None = None
     _layer_failed = False
-    tracer = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         live.opened()
         try:
-            # Only a handshake with ?trace=<token> is wrapped; every other connection keeps the
-            # server's own receive and send, with no per-message check (app/tracing.py).
-            self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
-            if self.tracer is not None:
-                receive, send = self.tracer.source(receive), self.tracer.sink(send)
-            # SyncConsumer's handlers call send() from their thread: one hop back to the loop
-            # (Channels uses async_to_sync, several hops and context copies per message).
-            self.base_send = _blocking(send, asyncio.get_running_loop()) if self._sync else send
-            if self.channel_layer is None:
-                # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
-                while True:
-                    await self.dispatch(await receive())
+            if self.traceable and b"trace=" in scope.get("query_string", b""):
+                self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
+                if self.tracer is not None:
+                    receive, send = self.tracer.source(receive), self.tracer.sink(send)
+            if self._sync:
+                await self._run_sync(receive, send)
             else:
-                self.channel_name = await self.channel_layer.new_channel()
-                await self._two_sources(receive)
+                self.base_send = send
+                await self._receive_loop(receive)
         except StopConsumer:
             pass
         except ClientDisconnected:
             # A send after the client left: the disconnect is the news, not an error.
             self.connection_log().info("client gone before a send could reach it")
-        except Exception:
-            await self._internal_error(send)
+        except UnroutableMessage as error:
+            self.connection_log().error("ending the connection: %s", error)
+            raise  # the server ends the connection; its log has the traceback
+        except Exception as error:
+            await self._close_for(error, send)
+            raise  # as with Channels: the server (and a test's communicator) sees it
         finally:
             live.closed()
 
-    async def _internal_error(self, send: Send) -> None:
-        """A handler raised: log it once with its traceback, close this connection with 1011.
+    async def _run_sync(self, receive: Receive, send: Send) -> None:
+        """The receive loop with this connection's lane and context held for its handlers."""
+        loop = asyncio.get_running_loop()
+        # One context for all this connection's handlers, copied from the one it was called in:
+        # middleware's values are seen, a handler's changes reach its next handler, and no
+        # other connection's (run_in_executor alone runs every handler in the thread's context).
+        self._context = contextvars.copy_context()
+        # SyncConsumer's handlers call send() from their thread: one hop back to the loop
+        # (Channels uses async_to_sync, several hops and context copies per message).
+        self.base_send = _blocking(send, loop)
+        lanes = handler_lanes()
+        self._lane = lanes.take()
+        try:
+            await self._receive_loop(receive)
+        finally:
+            lanes.release(self._lane)
 
-        Only this connection is affected; the server never sees the exception, so it logs
-        nothing more.
+    async def _receive_loop(self, receive: Receive) -> None:
+        if self.channel_layer is None:
+            # One source: a plain loop, no task and asyncio.wait per message (await_many_dispatch).
+            while True:
+                await self.dispatch(await receive())
+        else:
+            await self._two_sources(receive)
+
+    async def _close_for(self, error: Exception, send: Send) -> None:
+        """Tell a WebSocket client why it is being closed before the exception leaves us.
+
+        One line here says which connection and what; the traceback is the server's to log, once,
+        as it does for any application that raises. An HTTP scope gets nothing: the server
+        answers 500 itself.
         """
-        self.connection_log().exception("handler raised; closing with 1011")
+        if self.scope.get("type") != "websocket":
+            return
         code = ServerFeatures.from_scope(self.scope).close_code(CloseCode.INTERNAL_ERROR)
-        with contextlib.suppress(Exception):  # the connection may already be gone
+        self.connection_log().error(
+            "handler raised %s; closing with %s", error_text(error), CloseCode.describe(code)
+        )
+        with contextlib.suppress(Exception):  # closed already, or the client is gone
             await send(protocol.close(code, "internal error"))
 
     def connection_log(self) -> logging.Logger | logging.LoggerAdapter:
@@ -129,13 +216,17 @@ class _DispatchLoop:
         """Client events and channel-layer events, in arrival order, one dispatch at a time."""
         inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)  # a reader waits while we dispatch
 
-        async def pump(source) -> None:
+        async def pump(source: Receive) -> None:
             while True:
                 await inbox.put(await source())
 
+        # Opt-in: a consumer with a layer_unavailable handler is told once that the layer
+        # failed; any other consumer gets the layer's exception, as with Channels.
         layer_receive = (
-            self.tracer.source(self._layer_receive) if self.tracer else self._layer_receive
+            self._layer_receive if hasattr(self, "layer_unavailable") else self.channel_receive
         )
+        if self.tracer:
+            layer_receive = self.tracer.source(layer_receive)
         readers = [
             asyncio.create_task(pump(receive)),
             asyncio.create_task(pump(layer_receive)),
@@ -168,7 +259,7 @@ class _DispatchLoop:
             await asyncio.Future()  # told the consumer once; it is closing, so wait for nothing
         for attempt in (1, 2):
             try:
-                return await self.channel_layer.receive(self.channel_name)
+                return await self.channel_receive()
             except LAYER_ERRORS as error:
                 # Once more: after Redis restarts, the first command on a pooled connection fails.
                 if attempt == 2:
@@ -179,19 +270,46 @@ class _DispatchLoop:
                     }
         raise AssertionError("unreachable")
 
-    def handler_for(self, message: Message):
+    def handler_for(self, message: Message) -> Callable:
         """The method named after the message type: ``websocket.receive`` -> ``websocket_receive``."""
-        handler = getattr(self, get_handler_name(message), None)
+        try:
+            name = get_handler_name(message)
+        except ValueError as error:
+            raise UnroutableMessage(str(error)) from None
+        handler = getattr(self, name, None)
         if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
+            raise UnroutableMessage(f"No handler for message type {message['type']}")
         return handler
 
 
-def _blocking(send: Send, loop: asyncio.AbstractEventLoop):
-    """``send`` for a handler thread: waits until the server took the message, as Channels' does."""
+async def _deliver(send: Send, message: Message, done: concurrent.futures.Future[None]) -> None:
+    """``await send(message)`` on the loop, its outcome given to the waiting handler thread.
+
+    ``send`` may return any awaitable (granian's is not a coroutine), so it is called here, on
+    the loop, rather than in the thread.
+    """
+    try:
+        await send(message)
+    except BaseException as error:
+        done.set_exception(error)
+        if not isinstance(error, Exception):
+            raise
+    else:
+        done.set_result(None)
+
+
+def _blocking(send: Send, loop: asyncio.AbstractEventLoop) -> Callable[[Message], None]:
+    """``send`` for a handler thread: waits until the server took the message, as Channels' does.
+
+    The send runs in a copy of the handler's context, as ``async_to_sync`` runs it.
+    """
 
     def blocking_send(message: Message) -> None:
-        asyncio.run_coroutine_threadsafe(send(message), loop).result()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(
+            loop.create_task, _deliver(send, message, done), context=contextvars.copy_context()
+        )
+        done.result()
 
     return blocking_send
 
@@ -208,21 +326,21 @@ class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
 
 
 class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
-    """``SyncConsumer`` whose handlers run on a thread pool, with one thread hop each way.
+    """``SyncConsumer`` whose handlers run on the connection's own lane, one thread hop each way.
 
     Channels runs every SyncConsumer on one thread_sensitive thread (channels#2132): a slow
-    handler stalls every other connection. Here a pool runs connections side by side, and one
-    connection's messages stay in order because ``dispatch`` awaits each handler.
+    handler stalls every other connection. Here each connection has a lane (``HandlerLanes``),
+    and one connection's messages stay in order because ``dispatch`` awaits each handler.
     """
 
     async def dispatch(self, message: Message) -> None:
         # Channels wraps this in database_sync_to_async; a plain run_in_executor does the same
-        # work (thread, database clean-up) without asgiref's per-call context machinery,
-        # about 1.4x the echo rate.
+        # work (thread, database clean-up, context) without asgiref's per-call machinery.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(sync_handler_pool(), self._handle_in_thread, loop, message)
+        await loop.run_in_executor(self._lane, self._context.run, self._handle, loop, message)
 
-    def _handle_in_thread(self, loop: asyncio.AbstractEventLoop, message: Message) -> None:
+    def _handle(self, loop: asyncio.AbstractEventLoop, message: Message) -> None:
+        """One handler call, in the lane's thread and the connection's context."""
         # What SyncToAsync tells its threads, so that async_to_sync() in a handler (a channel
         # layer call, say) runs on the server's loop rather than on a new one.
         SyncToAsync.threadlocal.main_event_loop = loop

@@ -3,7 +3,7 @@
     make bench                      # the full grid, about 20 minutes on 2 cores
     .venv/bin/python -m bench.echo --quick --out-dir /tmp/bench   # the CI smoke, seconds
 
-For each server (uvicorn, daphne) three server processes run side by side: the raw ASGI echo
+For each server (uvicorn, daphne, hypercorn, granian) three server processes run side by side: the raw ASGI echo
 (the ceiling), stock Channels consumers as the Channels docs write them, and this project.
 Every cell of the grid (connections x message size) runs each target once, in alternating
 order, with the client (``bench/client.py``, picows) in its own process. Then idle memory per
@@ -32,7 +32,7 @@ import django
 
 django.setup()
 
-from tests.servers import ROOT, LiveServer  # noqa: E402
+from tests.servers import ROOT, SERVERS, LiveServer  # noqa: E402
 
 APPS = {
     "ceiling": "bench.apps:ceiling",
@@ -143,7 +143,17 @@ def machine() -> dict:
 def versions() -> dict:
     return {
         name: version(name)
-        for name in ("Django", "channels", "uvicorn", "daphne", "websockets", "picows", "uvloop")
+        for name in (
+            "Django",
+            "channels",
+            "uvicorn",
+            "daphne",
+            "hypercorn",
+            "granian",
+            "websockets",
+            "picows",
+            "uvloop",
+        )
     }
 
 
@@ -304,7 +314,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="CI smoke: uvicorn, 10 connections, 16 B, two targets"
     )
-    parser.add_argument("--servers", nargs="+", default=["uvicorn", "daphne"])
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--connections", nargs="+", type=int, default=[1, 100, 1000])
     parser.add_argument("--sizes", nargs="+", type=int, default=[16, 4096, 65536])
     parser.add_argument("--idle-connections", type=int, default=10_000)

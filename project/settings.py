@@ -185,6 +185,8 @@ LOGGING = {
         # channels-redis reports channels over capacity (dropped messages) at INFO.
         "channels_redis": {"level": "INFO"},
         "django": {"level": "INFO"},
+        # hypercorn prints its log lines with a handler of its own: not a second time through ours.
+        "hypercorn": {"propagate": False},
     },
 }
 

@@ -16,9 +16,11 @@ class ServerBehaviour:
     close_reason: bool  # the server's close reason reaches the client
     too_big_code: int  # what the client sees for an oversize message
     empty_messages: bool  # empty text and bytes are sent, not dropped
+    disconnect_code: int  # code in websocket.disconnect when the client closes with 4000
     disconnect_reason: bool  # the client's close reason reaches websocket_disconnect
     unknown_path_status: int  # HTTP status for an unknown WebSocket path
     shutdown_close_code: int | None  # close code every client gets on SIGTERM (None: no frame)
+    shutdown_quiet: bool  # SIGTERM with clients connected leaves no traceback in the server's log
     invalid_utf8_close_code: (
         int | None
     )  # close code for invalid UTF-8 in a text frame (None: dropped)
@@ -30,9 +32,11 @@ BEHAVIOUR = {
         close_reason=True,
         too_big_code=1009,
         empty_messages=True,
+        disconnect_code=4000,
         disconnect_reason=True,
         unknown_path_status=404,
         shutdown_close_code=1012,
+        shutdown_quiet=True,
         invalid_utf8_close_code=1007,
     ),
     "daphne": ServerBehaviour(
@@ -40,40 +44,80 @@ BEHAVIOUR = {
         close_reason=False,
         too_big_code=4009,
         empty_messages=False,
+        disconnect_code=4000,
         disconnect_reason=False,
         unknown_path_status=403,
         shutdown_close_code=None,
+        shutdown_quiet=True,
         invalid_utf8_close_code=None,
     ),
+    "hypercorn": ServerBehaviour(
+        accept_headers=True,
+        close_reason=True,
+        too_big_code=1009,
+        empty_messages=True,
+        disconnect_code=1006,
+        disconnect_reason=False,
+        unknown_path_status=404,
+        shutdown_close_code=1011,
+        shutdown_quiet=False,
+        invalid_utf8_close_code=None,
+    ),
+    "granian": ServerBehaviour(
+        accept_headers=False,
+        close_reason=True,
+        too_big_code=1009,
+        empty_messages=True,
+        disconnect_code=4000,
+        disconnect_reason=False,
+        unknown_path_status=404,
+        shutdown_close_code=None,
+        shutdown_quiet=True,
+        invalid_utf8_close_code=1005,
+    ),
 }
 
-NOTES = {
-    "accept_headers": ("`websocket.accept` headers reach the client", "dropped (daphne#326)"),
-    "close_reason": ("server close `reason` reaches the client", "dropped (daphne#374)"),
-    "too_big_code": (
-        "oversize message: close code the client sees",
-        "autobahn refuses 1009; the app sends 4009",
-    ),
-    "empty_messages": ("empty text and bytes echo", "silently dropped"),
-    "disconnect_reason": ("client close `reason` in `websocket.disconnect`", "code only"),
-    "unknown_path_status": (
-        "unknown path: HTTP status",
-        "no `websocket.http.response`: 403 for every refusal",
-    ),
-    "shutdown_close_code": (
-        "SIGTERM: close frame to every client",
-        "connections dropped without a close frame",
-    ),
-    "invalid_utf8_close_code": (
-        "invalid UTF-8 in a text frame: close code",
-        "TCP connection dropped (autobahn's failByDrop)",
-    ),
+#: The matrix's rows: a field of ``ServerBehaviour`` and what it means.
+FEATURES = {
+    "accept_headers": "`websocket.accept` headers reach the client",
+    "close_reason": "server close `reason` reaches the client",
+    "too_big_code": "oversize message: close code the client sees",
+    "empty_messages": "empty text and bytes echo",
+    "disconnect_code": "client closes with 4000: code in `websocket.disconnect`",
+    "disconnect_reason": "client close `reason` in `websocket.disconnect`",
+    "unknown_path_status": "unknown path: HTTP status",
+    "shutdown_close_code": "SIGTERM: close frame to every client",
+    "shutdown_quiet": "SIGTERM with clients connected: no traceback logged",
+    "invalid_utf8_close_code": "invalid UTF-8 in a text frame: close code",
 }
 
+#: Why a server's cell differs from what the spec asks, where we know.
+CAVEATS = {
+    ("daphne", "accept_headers"): "dropped (daphne#326)",
+    ("daphne", "close_reason"): "dropped (daphne#374)",
+    ("daphne", "too_big_code"): "autobahn refuses 1009; the app sends 4009",
+    ("daphne", "empty_messages"): "silently dropped",
+    ("daphne", "disconnect_reason"): "code only",
+    ("daphne", "unknown_path_status"): "no `websocket.http.response`: 403 for every refusal",
+    ("daphne", "shutdown_close_code"): "connections dropped without a close frame",
+    ("daphne", "invalid_utf8_close_code"): "TCP connection dropped (autobahn's failByDrop)",
+    ("hypercorn", "disconnect_code"): "the close frame is not passed on: 1006 when the socket ends",
+    ("hypercorn", "disconnect_reason"): "neither code nor reason",
+    ("hypercorn", "shutdown_close_code"): "the cancelled application's 1011, not 1001/1012",
+    ("hypercorn", "shutdown_quiet"): "asyncio logs a CancelledError traceback per connection",
+    ("hypercorn", "invalid_utf8_close_code"): "TCP connection dropped",
+    ("granian", "accept_headers"): "dropped",
+    ("granian", "disconnect_reason"): "code only",
+    ("granian", "shutdown_close_code"): "connections dropped without a close frame",
+    ("granian", "invalid_utf8_close_code"): "a close frame without a code",
+}
+
+#: Rows every server passes, each asserted by an end-to-end test.
 COMMON = [
-    ("subprotocol negotiated (`echo.v1`)", "yes", "yes"),
-    ("text and bytes echo, 200 KiB, 1,000 messages in order", "yes", "yes"),
-    ("foreign `Origin`: HTTP status", "403", "403"),
+    "subprotocol negotiated (`echo.v1`)",
+    "text and bytes echo, 200 KiB, 1,000 messages in order",
+    "a raising handler: client gets a close with 1011 (4011 on daphne), one traceback logged",
+    "foreign `Origin`: HTTP status 403",
 ]
 
 
@@ -91,12 +135,15 @@ def _cell(value: object, note: str | None) -> str:
 
 def matrix_markdown() -> str:
     """The README's compatibility matrix, rendered from ``BEHAVIOUR``."""
-    rows = ["| feature | uvicorn | daphne |", "|---|---|---|"]
-    rows += [f"| {feature} | {u} | {d} |" for feature, u, d in COMMON]
-    for name, (feature, daphne_note) in NOTES.items():
-        uvicorn = getattr(BEHAVIOUR["uvicorn"], name)
-        daphne = getattr(BEHAVIOUR["daphne"], name)
-        rows.append(f"| {feature} | {_cell(uvicorn, None)} | {_cell(daphne, daphne_note)} |")
+    servers = list(BEHAVIOUR)
+    rows = ["| feature | " + " | ".join(servers) + " |", "|---" * (len(servers) + 1) + "|"]
+    rows += [f"| {feature} |" + " yes |" * len(servers) for feature in COMMON]
+    for name, feature in FEATURES.items():
+        cells = [
+            _cell(getattr(BEHAVIOUR[server], name), CAVEATS.get((server, name)))
+            for server in servers
+        ]
+        rows.append(f"| {feature} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -9,6 +9,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
+from tests.servers import SERVERS
 
 #: What uvicorn declares: ASGI WebSocket spec 2.4 and the denial-response extension.
 UVICORN_SCOPE = {"spec_version": "2.4"}
@@ -101,7 +102,7 @@ def shared_servers(server_env):
         assert_clean_log(server.log())
 
 
-@pytest.fixture(scope="session", params=["uvicorn", "daphne"])
+@pytest.fixture(scope="session", params=SERVERS)
 def asgi_server(request, shared_servers):
     """The project under each real server."""
     return shared_servers(request.param)

@@ -1,7 +1,7 @@
 """Real server processes for end-to-end tests, browser tests and benchmarks.
 
-``LiveServer`` starts the project under uvicorn (``manage.py serve``, exactly the run command)
-or daphne on a free loopback port, waits until the port answers, and on ``stop()`` sends
+``LiveServer`` starts the project under uvicorn (``manage.py serve``, exactly the run command),
+daphne, hypercorn or granian on a free loopback port, waits until the port answers, and on ``stop()`` sends
 SIGTERM and keeps the log.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("uvicorn", "daphne")
+#: Every maintained ASGI server with WebSockets; each one's behaviour is in ``tests.compat``.
+SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
 
 
 def free_port() -> int:
@@ -51,6 +52,15 @@ def server_command(kind: str, port: int, app: str = "project.asgi:application") 
             sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
             "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
             app,
+        ]  # fmt: skip
+    if kind == "hypercorn":  # its defaults: 16 MiB message limit, above the application's
+        return [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", app]
+    if kind == "granian":
+        # asginl: ASGI without lifespan (Channels' router has no lifespan handler), as uvicorn's
+        # lifespan="off"; otherwise its defaults, as a user would type it.
+        return [
+            sys.executable, "-m", "granian", "--interface", "asginl",
+            "--host", "127.0.0.1", "--port", str(port), app,
         ]  # fmt: skip
     raise ValueError(f"unknown server {kind!r}")
 

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.protocol import CloseCode
 from tests.compat import BEHAVIOUR
 
 pytestmark = [pytest.mark.server, pytest.mark.asyncio]
@@ -98,10 +99,12 @@ async def test_client_close_code_and_reason_reach_websocket_disconnect(asgi_serv
         await ws.recv()
         local = ws.local_address[1]
         await ws.close(code=4000, reason="done here")
-    reason = "done here" if BEHAVIOUR[asgi_server.kind].disconnect_reason else ""
+    expected = BEHAVIOUR[asgi_server.kind]
+    reason = "done here" if expected.disconnect_reason else ""
+    code = CloseCode.describe(expected.disconnect_code)
     asgi_server.wait_for_log(
         re.escape(
-            f"{kind} 127.0.0.1:{local} /ws/echo/{kind}/] disconnected code=4000 application-defined reason={reason!r}"
+            f"{kind} 127.0.0.1:{local} /ws/echo/{kind}/] disconnected code={code} reason={reason!r}"
         )
     )
 

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.compat import BEHAVIOUR
 from tests.conftest import assert_clean_log
-from tests.servers import ROOT, LiveServer, free_port
+from tests.servers import ROOT, SERVERS, LiveServer, free_port
 
 pytestmark = pytest.mark.server
 
@@ -41,34 +41,25 @@ async def close_codes_after_sigterm(server: LiveServer, clients: int = 4, within
 
 
 @pytest.mark.asyncio
-async def test_uvicorn_sigterm_closes_every_client_with_1012_and_exits_cleanly(server_env):
-    server = LiveServer("uvicorn", env=server_env).wait_ready()
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_sigterm_closes_clients_as_recorded_and_the_server_exits(kind, server_env):
+    """What each server sends its WebSocket clients on SIGTERM (``tests.compat``), measured."""
+    server = LiveServer(kind, env=server_env).wait_ready()
     try:
         outcomes = await close_codes_after_sigterm(server)
-        returncode = server.process.wait(timeout=10)
+        returncode = server.process.wait(timeout=10)  # it ends by itself
     finally:
         server.stop()
-    assert [code for code, _ in outcomes] == [1012] * 4
+    assert [code for code, _ in outcomes] == [BEHAVIOUR[kind].shutdown_close_code] * 4
     assert max(elapsed for _, elapsed in outcomes) < 5.0
-    # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is its clean exit.
-    assert returncode in (0, -15)
-    log = server.log()
-    assert log.count("disconnected code=1012 SERVICE_RESTART") == 4
-    assert "Finished server process" in log
-    assert_clean_log(log)
-
-
-@pytest.mark.asyncio
-async def test_daphne_sigterm_behaviour_is_as_recorded(server_env):
-    """Measured, not endorsed: daphne drops WebSockets on SIGTERM without a close frame."""
-    server = LiveServer("daphne", env=server_env).wait_ready()
-    try:
-        outcomes = await close_codes_after_sigterm(server)
-        server.process.wait(timeout=10)  # it does end by itself
-    finally:
-        server.stop()
-    assert [code for code, _ in outcomes] == [BEHAVIOUR["daphne"].shutdown_close_code] * 4
-    assert "Traceback" not in server.log()
+    assert ("Traceback" not in server.log()) == BEHAVIOUR[kind].shutdown_quiet, server.log()
+    if kind == "uvicorn":  # the run command: the whole story, down to the log
+        # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is its clean exit.
+        assert returncode in (0, -15)
+        log = server.log()
+        assert log.count("disconnected code=1012 SERVICE_RESTART") == 4
+        assert "Finished server process" in log
+        assert_clean_log(log)
 
 
 @pytest.mark.asyncio

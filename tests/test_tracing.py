@@ -175,6 +175,7 @@ class Probe(LeanAsyncConsumer):
 
     channel_layer_alias = None
     uses_database = False
+    traceable = True
 
     async def websocket_connect(self, event):
         await self.send({"type": "websocket.accept"})

@@ -1,0 +1,100 @@
+"""Channels' own test suite, run with the project's base classes in Channels' place.
+
+The suite of the installed Channels version lives beside the project, in
+``../shared/upstream/channels-<version>-tests/`` (BSD; not copied into this repository). It
+runs twice from a temporary copy, in two processes at once: as released, and with
+``tests/upstream/lean_bases.py`` putting ``LeanAsyncConsumer``/``LeanSyncConsumer`` in
+``channels.consumer`` before anything imports them, with no settings added. Every test that
+passes with stock Channels must pass with the project's classes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import channels
+import pytest
+
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.upstream
+
+SUITE = ROOT.parent / "shared" / "upstream" / f"channels-{channels.__version__}-tests"
+PLUGINS = ROOT / "tests" / "upstream"
+
+
+def start_suite(copy: Path, report: Path, *plugins: str) -> subprocess.Popen[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        "PYTHONPATH": str(PLUGINS),  # the plugins only: the copy's own ``tests`` comes first
+    }
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    for plugin in ("chromium_as_root", *plugins):
+        args += ["-p", plugin]
+    return subprocess.Popen(
+        args, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def outcomes(report: Path) -> dict[str, str]:
+    """``{test id: passed | failed | skipped}`` from a JUnit XML report."""
+    result = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        result[name] = "failed" if failed else "skipped" if skipped else "passed"
+    return result
+
+
+@pytest.fixture(scope="module")
+def suite_results(tmp_path_factory) -> dict[str, tuple[dict[str, str], str]]:
+    if not SUITE.is_dir():
+        pytest.skip(f"Channels' test suite is not at {SUITE}")
+    runs = {}
+    for name, plugins in (("stock", ()), ("lean", ("lean_bases",))):
+        copy = tmp_path_factory.mktemp(f"channels-{name}") / "suite"
+        shutil.copytree(SUITE, copy)
+        report = copy.parent / "report.xml"
+        runs[name] = (start_suite(copy, report, *plugins), report)
+    results = {}
+    for name, (process, report) in runs.items():
+        output, _ = process.communicate(timeout=300)
+        assert report.exists(), output
+        results[name] = (outcomes(report), output)
+    return results
+
+
+def test_stock_channels_passes_its_whole_suite_here(suite_results):
+    """The baseline: every test of the suite runs and passes on this machine, Selenium included."""
+    stock, output = suite_results["stock"]
+    assert len(stock) >= 80, output
+    assert {name for name, outcome in stock.items() if outcome != "passed"} == set(), output
+    assert any("test_selenium" in name for name in stock), "the Selenium tests did not run"
+
+
+def test_every_test_that_passes_with_stock_channels_passes_with_the_lean_bases(suite_results):
+    stock, _ = suite_results["stock"]
+    lean, output = suite_results["lean"]
+    regressed = sorted(
+        name
+        for name, outcome in stock.items()
+        if outcome == "passed" and lean.get(name) != "passed"
+    )
+    assert regressed == [], output
+
+
+def test_the_lean_run_really_used_the_project_classes():
+    """A plugin that substituted nothing would pass trivially: check it in a fresh interpreter."""
+    code = (
+        "import lean_bases, channels.generic.websocket as w, app.dispatch as d;"
+        "assert w.AsyncWebsocketConsumer.__mro__[1] is d.LeanAsyncConsumer;"
+        "assert w.WebsocketConsumer.__mro__[1] is d.LeanSyncConsumer"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
