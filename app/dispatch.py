@@ -26,6 +26,8 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from operator import attrgetter
 
 from asgiref.sync import SyncToAsync
 from channels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
@@ -50,8 +52,10 @@ except ImportError:  # pragma: no cover - uvicorn is a dependency
 
 logger = logging.getLogger("app.dispatch")
 
-#: Threads for sync handlers where settings has no ``SYNC_CONSUMER_THREADS``.
+#: Threads for sync handlers where settings has no ``SYNC_CONSUMER_THREADS``, and at most
+#: (``SYNC_CONSUMER_MAX_THREADS``), while every one is busy, for new connections.
 DEFAULT_SYNC_CONSUMER_THREADS = 32
+DEFAULT_SYNC_CONSUMER_MAX_THREADS = 256
 
 #: Seconds a consumer waits for its cancelled readers before it ends regardless.
 READER_STOP_TIMEOUT = 2.0
@@ -83,42 +87,64 @@ class LiveConsumers:
 live = LiveConsumers()
 
 
-class HandlerLanes:
-    """The threads sync handlers run on: ``size`` lanes of one thread each.
+@dataclass(eq=False)
+class Lane:
+    """One thread for sync handlers, with what holds it."""
 
-    A connection takes the least busy lane when it opens and keeps it until it ends, so all its
-    handlers run on one thread, as with Channels (where every ``SyncConsumer`` of the process
-    shares one thread): an object with thread affinity made in one handler (a ``sqlite3``
-    connection, a thread-local) works in the next. Connections on different lanes run side by
-    side (Channels' single thread serialises them all, channels#2132); connections that share a
-    lane, once there are more connections than lanes, wait for each other's handlers.
+    executor: ThreadPoolExecutor
+    connections: int = 0  # connections whose handlers run here
+    running: int = 0  # handlers running (or queued) here now
+
+
+class HandlerLanes:
+    """The threads sync handlers run on: lanes of one thread each.
+
+    A connection takes a lane when it opens and keeps it until it ends, so all its handlers run
+    on one thread, as with Channels (where every ``SyncConsumer`` of the process shares one
+    thread): an object with thread affinity made in one handler (a ``sqlite3`` connection, a
+    thread-local) works in the next. Connections on different lanes run side by side (Channels'
+    single thread serialises them all, channels#2132).
+
+    A new connection takes an idle lane (no handler running), the one with fewest connections.
+    When every lane is running a handler (slow handlers, or sends blocked by clients that do not
+    read), it opens a new lane, up to ``max_size``, so that it does not wait behind them; past
+    that, the lane with fewest connections.
     """
 
-    def __init__(self, size: int) -> None:
-        self.lanes = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sync-consumer-{index}")
-            for index in range(size)
-        ]
-        self.load = [0] * size  # connections holding each lane
+    def __init__(self, size: int, *, max_size: int | None = None) -> None:
+        self.lanes = [self._new_lane() for _ in range(size)]
+        self.max_size = max(size, max_size or size)
 
-    def take(self) -> ThreadPoolExecutor:
-        index = self.load.index(min(self.load))
-        self.load[index] += 1
-        return self.lanes[index]
+    def _new_lane(self) -> Lane:
+        name = f"sync-consumer-{len(getattr(self, 'lanes', ()))}"
+        return Lane(ThreadPoolExecutor(max_workers=1, thread_name_prefix=name))
 
-    def release(self, lane: ThreadPoolExecutor) -> None:
-        self.load[self.lanes.index(lane)] -= 1
+    def take(self) -> Lane:
+        idle = [lane for lane in self.lanes if lane.running == 0]
+        if idle:
+            lane = min(idle, key=attrgetter("connections"))
+        elif len(self.lanes) < self.max_size:
+            lane = self._new_lane()
+            self.lanes.append(lane)
+        else:
+            lane = min(self.lanes, key=attrgetter("connections"))
+        lane.connections += 1
+        return lane
+
+    def release(self, lane: Lane) -> None:
+        lane.connections -= 1
 
 
 _handler_lanes: HandlerLanes | None = None
 
 
 def handler_lanes() -> HandlerLanes:
-    """The process's lanes, made on first use with ``SYNC_CONSUMER_THREADS`` of them."""
+    """The process's lanes: ``SYNC_CONSUMER_THREADS`` at first, ``SYNC_CONSUMER_MAX_THREADS`` at most."""
     global _handler_lanes
     if _handler_lanes is None:
         size = getattr(settings, "SYNC_CONSUMER_THREADS", DEFAULT_SYNC_CONSUMER_THREADS)
-        _handler_lanes = HandlerLanes(size)
+        most = getattr(settings, "SYNC_CONSUMER_MAX_THREADS", DEFAULT_SYNC_CONSUMER_MAX_THREADS)
+        _handler_lanes = HandlerLanes(size, max_size=most)
     return _handler_lanes
 
 
@@ -337,7 +363,14 @@ class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
         # Channels wraps this in database_sync_to_async; a plain run_in_executor does the same
         # work (thread, database clean-up, context) without asgiref's per-call machinery.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._lane, self._context.run, self._handle, loop, message)
+        lane = self._lane
+        lane.running += 1
+        try:
+            await loop.run_in_executor(
+                lane.executor, self._context.run, self._handle, loop, message
+            )
+        finally:
+            lane.running -= 1
 
     def _handle(self, loop: asyncio.AbstractEventLoop, message: Message) -> None:
         """One handler call, in the lane's thread and the connection's context."""

@@ -37,11 +37,18 @@ REDACTED_HEADERS = {b"cookie", b"authorization", b"proxy-authorization"}
 
 
 def issue_token(session) -> tuple[str, int]:
-    """A new token bound to ``session`` (expired ones are dropped); returns it and its lifetime."""
+    """A new token bound to ``session``; returns it and its lifetime.
+
+    Expired tokens are dropped, and the session keeps at most ``TRACE_TOKENS_PER_SESSION``
+    (the oldest go first): what a client can make us keep for it is bounded.
+    """
     now = time.time()
     tokens = {t: exp for t, exp in session.get(SESSION_KEY, {}).items() if exp > now}
     token = secrets.token_urlsafe(24)
     tokens[token] = now + settings.TRACE_TOKEN_TTL
+    tokens = dict(
+        sorted(tokens.items(), key=lambda item: item[1])[-settings.TRACE_TOKENS_PER_SESSION :]
+    )
     session[SESSION_KEY] = tokens
     return token, settings.TRACE_TOKEN_TTL
 

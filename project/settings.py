@@ -170,14 +170,28 @@ WEBSOCKET_RATE_LIMIT = env_int("WEBSOCKET_RATE_LIMIT", 25_000)
 WEBSOCKET_RATE_BURST = env_int("WEBSOCKET_RATE_BURST", 5_000)
 #: Seconds a trace token (the page's ASGI-event inspector) stays valid after it is issued.
 TRACE_TOKEN_TTL = env_int("TRACE_TOKEN_TTL", 600)
-#: Threads that run SyncConsumer handlers; each blocking handler holds one while it runs.
+#: Live trace tokens one session keeps; issuing another drops the oldest.
+TRACE_TOKENS_PER_SESSION = env_int("TRACE_TOKENS_PER_SESSION", 8)
+#: Sessions live in a signed cookie, not in the database: a client that asks for trace tokens
+#: without end (each anonymous request would make a new session) costs no storage. They hold
+#: only trace tokens; the secret key signs them, and no user logs in.
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+#: Threads (lanes) that run SyncConsumer handlers; a connection keeps its lane while it lives.
 SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
+#: While every lane is running a handler, a new connection opens a new lane, up to this many.
+SYNC_CONSUMER_MAX_THREADS = env_int("SYNC_CONSUMER_MAX_THREADS", 256)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # Escapes control characters in messages: client text cannot forge a line (app/logs.py).
+    "formatters": {
+        "plain": {
+            "()": "app.logs.EscapingFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -197,6 +211,33 @@ SERVER_MAX_MESSAGE_BYTES = env_int("SERVER_MAX_MESSAGE_BYTES", 4 * ECHO_MAX_MESS
 #: Trust X-Forwarded-For/-Proto from FORWARDED_ALLOW_IPS (set when a reverse proxy is in front).
 BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
 FORWARDED_ALLOW_IPS = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Bounds on what one client can make the server hold (app/server.py has the table; each one is
+# attacked by tests/test_limits.py). None throttles an honest client: see docs/hardening.md.
+#: Request line and headers of one request, in bytes: past it, 431 and the socket closed.
+HTTP_MAX_HEADER_BYTES = env_int("HTTP_MAX_HEADER_BYTES", 16 * 1024)
+#: Header lines of one request: past it, 431.
+HTTP_MAX_HEADERS = env_int("HTTP_MAX_HEADERS", 100)
+#: Seconds a client has to send a whole request head once connected (slowloris): then 408.
+HTTP_HEADER_TIMEOUT = env_int("HTTP_HEADER_TIMEOUT", 10)
+#: Open WebSockets in one process: past it, 503. 0: the open-file limit less 1,000.
+WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 0)
+#: Open WebSockets from one client address: past it, 503. 0 turns it off. Behind a proxy
+#: (BEHIND_PROXY=1) every client has the proxy's address here, so this one is off and the proxy
+#: must limit connections per client (nginx: limit_conn).
+WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT = (
+    0 if BEHIND_PROXY else env_int("WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT", 2_000)
+)
+#: Frames a second from one connection, pings and continuation frames included, and the burst
+#: above it: past it, close 1008. Far above WEBSOCKET_RATE_LIMIT, which counts messages.
+WEBSOCKET_FRAME_RATE = env_int("WEBSOCKET_FRAME_RATE", 50_000)
+WEBSOCKET_FRAME_BURST = env_int("WEBSOCKET_FRAME_BURST", 10_000)
+#: Fragments (frames) of one message: past it, close 1009.
+WEBSOCKET_MAX_FRAGMENTS = env_int("WEBSOCKET_MAX_FRAGMENTS", 1_024)
+#: Bytes waiting to be written to one client before reading from it pauses.
+WEBSOCKET_WRITE_BUFFER_BYTES = env_int("WEBSOCKET_WRITE_BUFFER_BYTES", 256 * 1024)
+#: Seconds the write buffer may stay over that mark before the client is dropped (1008).
+WEBSOCKET_SEND_TIMEOUT = env_int("WEBSOCKET_SEND_TIMEOUT", 10)
 
 # Production security. HTTPS is assumed: either a TLS-terminating proxy (BEHIND_PROXY=1, which
 # also makes Django trust its X-Forwarded-Proto) or TLS in front some other way.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
@@ -38,7 +39,8 @@ def zoned(connection: int, index: int) -> str:
 @pytest.fixture
 def lanes(request, monkeypatch) -> HandlerLanes:
     """Sync handlers on ``request.param`` lanes: 1 puts every connection on the same thread."""
-    replaced = HandlerLanes(getattr(request, "param", 4))
+    size = getattr(request, "param", 4)
+    replaced = HandlerLanes(size, max_size=size)
     monkeypatch.setattr(app.dispatch, "_handler_lanes", replaced)
     return replaced
 
@@ -108,10 +110,52 @@ async def test_an_object_with_thread_affinity_lives_as_long_as_its_connection(la
             await communicator.send_to(text_data="x")
         for communicator in connections:
             assert await communicator.receive_from() == str(i)
-    assert sorted(lanes.load) == [2, 3]  # least busy lane first
+    assert sorted(lane.connections for lane in lanes.lanes) == [2, 3]  # least loaded first
     for communicator in connections:
         await communicator.disconnect()
-    assert lanes.load == [0, 0]
+    assert [lane.connections for lane in lanes.lanes] == [0, 0]
+
+
+class GatedSync(LeanSyncConsumer):
+    """``wait`` blocks its handler until the test opens the gate: a send stuck on a slow client."""
+
+    channel_layer_alias = None
+    gate = threading.Event()
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        if event["text"] == "wait":
+            self.gate.wait(timeout=10)
+        self.send({"type": "websocket.send", "text": event["text"]})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeypatch):
+    lanes = HandlerLanes(1, max_size=2)
+    monkeypatch.setattr(app.dispatch, "_handler_lanes", lanes)
+    GatedSync.gate.clear()
+    stuck = WebsocketCommunicator(GatedSync.as_asgi(), "/")
+    assert (await stuck.connect())[0]
+    await stuck.send_to(text_data="wait")
+
+    async def handler_started() -> None:
+        while lanes.lanes[0].running == 0:  # the handler is on the only lane
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(handler_started(), 5)
+    fresh = WebsocketCommunicator(GatedSync.as_asgi(), "/")
+    assert (await fresh.connect())[0]
+    await fresh.send_to(text_data="hello")
+    assert await fresh.receive_from() == "hello"  # not behind the stuck handler
+    assert len(lanes.lanes) == 2
+    GatedSync.gate.set()
+    assert await stuck.receive_from() == "wait"
+    for communicator in (stuck, fresh):
+        await communicator.disconnect()
 
 
 # --- exceptions -------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from importlib import import_module
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
-from django.contrib.sessions.backends.db import SessionStore
+from django.conf import settings
 
 from app.dispatch import LeanAsyncConsumer
 from app.middleware import auth_middleware_stack
@@ -20,10 +21,15 @@ from tests.conftest import make_communicator
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
+def session_store() -> type:
+    """The configured engine's ``SessionStore`` (signed cookies: no database row)."""
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
 @sync_to_async
 def new_session() -> tuple[str, str]:
     """A saved session holding one trace token: (session key, token)."""
-    session = SessionStore()
+    session = session_store()()
     token, _ = issue_token(session)
     session.save()
     return session.session_key, token
@@ -144,13 +150,14 @@ async def test_an_expired_token_is_refused():
     session_key, token = await new_session()
 
     @sync_to_async
-    def expire():
-        session = SessionStore(session_key=session_key)
+    def expire() -> str:
+        session = session_store()(session_key=session_key)
         session[SESSION_KEY] = {token: time.time() - 1}
         session.save()
+        return session.session_key  # a signed-cookie session's key is its content
 
-    await expire()
-    accepted, _ = await with_cookie(make_communicator(f"/ws/trace/{token}/"), session_key).connect()
+    expired_key = await expire()
+    accepted, _ = await with_cookie(make_communicator(f"/ws/trace/{token}/"), expired_key).connect()
     assert not accepted
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 from django.core.management.base import BaseCommand, CommandError
 
-from app.server import uvicorn_config
+from app.server import connection_cap, raise_fd_limit, uvicorn_config
 from app.startup import StartupError, check_startup
 
 
@@ -37,6 +37,10 @@ class Command(BaseCommand):
             check_startup(host=host, port=port, workers=workers)
         except StartupError as error:
             raise CommandError(str(error)) from None
+        # Raised here, so that --workers' processes inherit it; each says nothing more.
+        self.stdout.write(
+            f"open-file limit {raise_fd_limit()}: at most {connection_cap()} WebSockets per process"
+        )
         uvicorn.run(
             **{**uvicorn_config(host=host, port=port, reload=reload, workers=workers), "app": app}
         )

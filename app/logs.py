@@ -1,0 +1,90 @@
+"""Log lines a client cannot forge, and warnings a flood cannot multiply.
+
+Client-controlled text reaches log lines in many places: the path (percent-decoded, so ``%0A``
+is a newline), the Origin, subprotocols, close reasons, room names. Rather than escaping at each
+call site, every formatter the project configures (Django's ``LOGGING`` and uvicorn's own
+``log_config``) escapes control characters in the formatted message: no client text can start a
+log line of its own or carry terminal escapes. Tracebacks are added after the message and keep
+their newlines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import uvicorn.logging
+
+#: C0 and C1 controls, DEL, and the Unicode line and paragraph separators, as ``\xNN``/``\uNNNN``.
+_CONTROLS = {
+    code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    for code in (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape: one line, no terminal codes."""
+    return text.translate(_CONTROLS)
+
+
+class EscapingFormatterMixin:
+    """Escapes control characters in the message part of each line (not in the traceback)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)  # type: ignore[misc]
+
+
+class EscapingFormatter(EscapingFormatterMixin, logging.Formatter):
+    """The project's formatter (``LOGGING`` in settings)."""
+
+
+class EscapingDefaultFormatter(EscapingFormatterMixin, uvicorn.logging.DefaultFormatter):
+    """uvicorn's ``default`` formatter, escaping."""
+
+
+class EscapingAccessFormatter(EscapingFormatterMixin, uvicorn.logging.AccessFormatter):
+    """uvicorn's ``access`` formatter, escaping."""
+
+
+def uvicorn_log_config() -> dict:
+    """uvicorn's own ``LOGGING_CONFIG`` with its two formatters made escaping."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = {**LOGGING_CONFIG, "formatters": {**LOGGING_CONFIG["formatters"]}}
+    config["formatters"]["default"] = {
+        **config["formatters"]["default"],
+        "()": f"{__name__}.EscapingDefaultFormatter",
+    }
+    config["formatters"]["access"] = {
+        **config["formatters"]["access"],
+        "()": f"{__name__}.EscapingAccessFormatter",
+    }
+    return config
+
+
+class Throttled:
+    """One WARNING for the first of a burst of like events, then at most one per ``interval``.
+
+    For refusals that a flood repeats thousands of times a second (connections past a cap):
+    the log says what happens and how often, without growing with the attack.
+    """
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        more = (
+            f" ({self.suppressed} more like it in the last {self.interval:g} s)"
+            if self.suppressed
+            else ""
+        )
+        self.logger.warning(message + more, *args)
+        self.last, self.suppressed = now, 0

@@ -1,0 +1,353 @@
+"""Hostile and broken clients against a real ``manage.py serve`` process (loopback only).
+
+Each test is one row of docs/hardening.md's attack table: it runs the attack for a bounded time
+while a prober in its own process asks ``/healthz`` and echoes on fresh connections, and checks
+that the attacker got a defined answer with one log line, that the server's RSS stayed bounded,
+and that every probe answered within 500 ms. Timeouts are set short here (2 s) to keep the
+suite fast; ``test_the_bounds_have_their_documented_defaults`` pins the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+
+import pytest
+from django.conf import settings
+
+from tests.attacks import (
+    BINARY,
+    CONT,
+    PING,
+    TEXT,
+    Prober,
+    RssWatch,
+    close_code,
+    connect,
+    frame,
+    read_until_closed,
+    upgrade_request,
+    websocket,
+)
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.server
+
+RSS_BOUND_MIB = 64
+SHORT = {
+    "HTTP_HEADER_TIMEOUT": "2",
+    "WEBSOCKET_SEND_TIMEOUT": "2",
+    "WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT": "200",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+@pytest.fixture(scope="module")
+def server(server_env):
+    with LiveServer("uvicorn", env={**server_env, **SHORT}) as live:
+        yield live
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_the_bounds_have_their_documented_defaults():
+    assert settings.HTTP_MAX_HEADER_BYTES == 16 * 1024
+    assert settings.HTTP_MAX_HEADERS == 100
+    assert settings.HTTP_HEADER_TIMEOUT == 10
+    assert settings.WEBSOCKET_MAX_CONNECTIONS == 0  # the open-file limit less 1,000
+    assert settings.WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT == 2_000
+    assert (settings.WEBSOCKET_FRAME_RATE, settings.WEBSOCKET_FRAME_BURST) == (50_000, 10_000)
+    assert settings.WEBSOCKET_MAX_FRAGMENTS == 1_024
+    assert settings.WEBSOCKET_WRITE_BUFFER_BYTES == 256 * 1024
+    assert settings.WEBSOCKET_SEND_TIMEOUT == 10
+
+
+# --- the handshake -----------------------------------------------------------------------------
+
+
+def test_an_endless_header_block_gets_431_and_a_closed_socket(server):
+    sock = connect(server.port)
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober, sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:  # bounded: 64 MiB at most
+                sock.sendall(b"X-Filler: " + b"a" * 4000 + b"\r\n")
+                sent += 4012
+        except OSError:
+            pass  # the server closed: what we wait for
+        response = read_until_closed(sock)
+    assert status_of(response) == 431, response[:200]
+    assert rss.growth_mib < RSS_BOUND_MIB
+    prober.assert_responsive()
+    server.wait_for_log(r"refused 127\.0\.0\.1:\d+: 431 request head over 16384 bytes")
+
+
+def _upgrade(path: str, port: int, extra: str = "") -> bytes:
+    return upgrade_request(path, port, extra=extra)
+
+
+@pytest.mark.parametrize(
+    ("name", "request_bytes", "status", "log"),
+    [
+        ("64 KiB header", lambda port: _upgrade("/ws/echo/async/", port, f"X-Big: {'a' * 65536}\r\n"), 431, "431 request head over"),
+        ("500 headers", lambda port: _upgrade("/ws/echo/async/", port, "".join(f"X-{i}: v\r\n" for i in range(500))), 431, "431 more than 100 header lines"),
+        ("8 KB path", lambda port: _upgrade("/ws/echo/async/" + "a" * 8192, port), 414, "handshake"),
+        ("8 KB query", lambda port: _upgrade("/ws/echo/async/?q=" + "a" * 8192, port), 414, "handshake"),
+        ("10 KB subprotocol", lambda port: _upgrade("/ws/echo/async/", port, f"Sec-WebSocket-Protocol: {'a' * 10240}\r\n"), 431, "handshake"),
+        ("9.4 KB Cookie", lambda port: _upgrade("/ws/echo/async/", port, f"Cookie: c={'a' * 9400}\r\n"), 431, "handshake"),
+        ("99 small headers on a page request", lambda port: b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n", 200, None),
+    ],
+)  # fmt: skip
+def test_oversize_handshakes_get_their_status_and_a_closed_socket(
+    server, name, request_bytes, status, log
+):
+    with connect(server.port) as sock:
+        sock.sendall(request_bytes(server.port))
+        if status == 200:  # within the bounds: served as usual
+            assert status_of(sock.recv(65536)) == 200
+            return
+        started = time.monotonic()
+        response = read_until_closed(sock)
+    assert status_of(response) == status, response[:200]
+    assert time.monotonic() - started < 2, "the socket was left open"
+    server.wait_for_log(rf"refused 127\.0\.0\.1:\d+: (handshake )?.*{re.escape(log)}")
+
+
+def test_slowloris_connections_get_408_at_the_deadline(server):
+    sockets = [connect(server.port) for _ in range(200)]
+    silent = connect(server.port)  # sends nothing at all
+    started = time.monotonic()
+    with Prober(server.port) as prober:
+        for sock in sockets:
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+        # One header byte each, every 0.5 s, as slowloris does, until the server answers.
+        answered: dict[socket.socket, bytes] = {}
+        while len(answered) < len(sockets) and time.monotonic() - started < 6:
+            for sock in sockets:
+                if sock in answered:
+                    continue
+                try:
+                    sock.sendall(b"X")
+                    sock.settimeout(0.002)
+                    answered[sock] = sock.recv(4096)
+                except (TimeoutError, BlockingIOError):
+                    pass
+                except OSError:
+                    answered[sock] = b""
+            time.sleep(0.5)  # the attacker's pace, not a synchronisation
+        silent_answer = read_until_closed(silent)
+    elapsed = time.monotonic() - started
+    for sock in [*sockets, silent]:
+        sock.close()
+    assert len(answered) == len(sockets), f"{len(sockets) - len(answered)} never answered"
+    assert all(status_of(a) == 408 for a in answered.values() if a), "not a 408"
+    assert status_of(silent_answer) == 408
+    assert elapsed < 5  # deadline 2 s, plus the pace
+    prober.assert_responsive()
+    server.wait_for_log(r"408 no complete request head within 2 s")
+
+
+# --- connections -------------------------------------------------------------------------------
+
+
+def test_one_address_past_its_connection_cap_gets_503_and_others_still_connect(server):
+    """The 20,000-connection flood, from 127.0.0.2: its first 200 (the test's cap) are served."""
+    held, refused = [], 0
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober:
+        for _ in range(400):
+            try:
+                held.append(websocket(server.port, source="127.0.0.2"))
+            except ConnectionRefusedError as error:
+                assert "503" in str(error)
+                refused += 1
+        for sock in held:
+            sock.close()
+    assert (len(held), refused) == (200, 200)
+    assert rss.growth_mib < RSS_BOUND_MIB
+    prober.assert_responsive()  # 127.0.0.1's fresh echoes got in throughout
+    lines = re.findall(r"refused 127\.0\.0\.2:\d+: 503 .*", server.log())
+    assert len(lines) == 1, lines  # one line for the burst, not 200
+    assert "200 WebSockets open from 127.0.0.2, the limit is 200" in lines[0]
+
+
+def test_the_process_cap_refuses_with_503_and_the_fd_limit_is_reported(server_env):
+    env = {
+        **server_env,
+        "WEBSOCKET_MAX_CONNECTIONS": "50",
+        "WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT": "0",
+    }
+    with LiveServer("uvicorn", env=env) as capped:
+        held = [websocket(capped.port) for _ in range(50)]
+        with pytest.raises(ConnectionRefusedError, match="503"):
+            websocket(capped.port, source="127.0.0.3")
+        for sock in held:
+            sock.close()
+        capped.wait_for_log(r"open-file limit \d+: at most 50 WebSockets per process")
+        capped.wait_for_log(
+            r"refused 127\.0\.0\.3:\d+: 503 50 WebSockets open, the process limit is 50"
+        )
+
+
+# --- frames ------------------------------------------------------------------------------------
+
+
+def test_a_ping_flood_is_closed_1008_at_the_frame_rate(server):
+    sock = websocket(server.port)
+    pings = frame(PING, b"p" * 125) * 1000
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober, sock:
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 10:
+                sock.sendall(pings)  # never reading the pongs
+        except OSError:
+            pass
+        answer = read_until_closed(sock)
+    assert time.monotonic() - started < 5, "not closed"
+    assert close_code(answer) in (1008, None)  # None: the close frame sat behind unread pongs
+    assert rss.growth_mib < RSS_BOUND_MIB
+    prober.assert_responsive()
+    server.wait_for_log(
+        r"closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ /ws/echo/async/: (frame rate limit|client not reading)"
+    )
+
+
+def test_a_slow_ping_flood_that_never_reads_is_dropped_at_the_send_timeout(server):
+    """Under the frame rate, but the pongs pile up: reading pauses, then the client is dropped."""
+    sock = websocket(server.port, rcvbuf=4096)
+    batch = frame(PING, b"p" * 125) * 200
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober, sock:
+        started = time.monotonic()
+        sock.settimeout(1)
+        try:
+            while time.monotonic() - started < 8:
+                sock.sendall(batch)  # 200 pings per 10 ms: 20,000 a second
+                time.sleep(0.01)  # the attacker's pace
+        except OSError:
+            pass
+    assert time.monotonic() - started < 7, "not dropped"
+    assert rss.growth_mib < RSS_BOUND_MIB
+    prober.assert_responsive()
+    server.wait_for_log(
+        r"closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ /ws/echo/async/: client not reading"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("empty continuation frames", lambda: frame(TEXT, b"x", fin=False) + frame(CONT, b"", fin=False) * 5000),
+        ("a 1 MiB message in 1-byte fragments", lambda: frame(BINARY, b"x", fin=False) + frame(CONT, b"y", fin=False) * 5000),
+    ],
+)  # fmt: skip
+def test_a_message_in_too_many_fragments_is_closed_1009(server, name, payload):
+    sock = websocket(server.port)
+    with RssWatch(server.process.pid) as rss, sock:
+        with contextlib.suppress(OSError):  # the server may close before we finish
+            sock.sendall(payload())
+        answer = read_until_closed(sock)
+    assert close_code(answer) == 1009
+    assert rss.growth_mib < RSS_BOUND_MIB
+    server.wait_for_log(
+        r"closing 1009 MESSAGE_TOO_BIG for 127\.0\.0\.1:\d+ /ws/echo/async/: message in more than 1024 fragments"
+    )
+
+
+# --- clients that do not read ------------------------------------------------------------------
+
+
+def never_reads(sock: socket.socket, message: bytes, *, within: float = 12.0) -> bool:
+    """Ask for echoes and never read them, for at most ``within`` seconds; True if the server
+    dropped us meanwhile (a send then fails), False if we were still connected at the end."""
+    sock.settimeout(1)
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        try:
+            sock.sendall(message)
+        except TimeoutError:
+            continue  # the server has stopped reading from us: keep pushing
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_clients_that_never_read_are_dropped_and_hold_no_thread(server, kind):
+    """40 clients (more than the 32 sync lanes) ask for echoes and never read them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    message = frame(BINARY, b"x" * 65535)
+    clients = [websocket(server.port, f"/ws/echo/{kind}/", rcvbuf=4096) for _ in range(40)]
+    attackers = ThreadPoolExecutor(len(clients))
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober, attackers:
+        dropped = list(attackers.map(lambda sock: never_reads(sock, message), clients))
+    for sock in clients:
+        sock.close()
+    assert all(dropped), f"{dropped.count(False)} of {len(clients)} still connected"
+    assert rss.growth_mib < RSS_BOUND_MIB
+    prober.assert_responsive()
+    pattern = (
+        rf"closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ /ws/echo/{kind}/: client not reading"
+    )
+    assert len(re.findall(pattern, server.log())) >= len(clients)
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_client_text_cannot_forge_a_log_line(server):
+    path = "/ws/nope/%0AERROR%20app.ws%20FORGED-BY-CLIENT%1B[31m%00"
+    for origin, status in (("http://evil.example", 403), ("http://evil.example\x1b[2J", 400)):
+        with connect(server.port) as sock:
+            sock.sendall(upgrade_request(path, server.port, extra=f"Origin: {origin}\r\n"))
+            assert status_of(read_until_closed(sock)) == status
+    server.wait_for_log(r"FORGED-BY-CLIENT")
+    server.wait_for_log(r"refused 127\.0\.0\.1:\d+: handshake did not receive a valid HTTP request")
+    log = server.log()
+    assert not re.search(r"^ERROR app\.ws FORGED", log, re.MULTILINE), "a client started a log line"
+    assert "\x1b" not in log and "\x00" not in log
+    assert "\\x0aERROR app.ws FORGED-BY-CLIENT\\x1b[31m\\x00" in log
+
+
+# --- trace tokens ------------------------------------------------------------------------------
+
+
+def test_anonymous_trace_token_requests_cost_no_storage(server, server_env):
+    """500 POST /trace/token without a session cookie: before, one django_session row each."""
+    import http.client
+    import sqlite3
+
+    def request(method: str, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request(method, path, headers=headers)
+        return connection.getresponse()
+
+    page = request("GET", "/", {})
+    csrf = page.headers["Set-Cookie"].split("csrftoken=", 1)[1].split(";", 1)[0]
+    cookies = []
+    for _ in range(500):
+        response = request(
+            "POST",
+            "/trace/token",
+            {"Cookie": f"csrftoken={csrf}", "X-CSRFToken": csrf, "Origin": server.http_url},
+        )
+        assert response.status == 200
+        cookies.append(response.headers["Set-Cookie"])
+    with sqlite3.connect(server_env["DJANGO_DB_PATH"]) as db:
+        (rows,) = db.execute("select count(*) from django_session").fetchone()
+    assert rows == 0
+    assert all("sessionid=" in cookie for cookie in cookies)  # each got its token, in its cookie
+
+
+def test_one_session_keeps_at_most_eight_tokens():
+    from importlib import import_module
+
+    from app.tracing import SESSION_KEY, issue_token
+
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    issued = [issue_token(session)[0] for _ in range(20)]
+    assert list(session[SESSION_KEY]) == issued[-8:]
