@@ -22,7 +22,7 @@ from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
 from app.protocol import ConnectionState, Message, Scope
-from app.rooms import InvalidRoom, Room, forward, room_event
+from app.rooms import Gaps, InvalidRoom, Publisher, Room, forward
 from app.session import Session
 from app.tracing import token_valid, trace_group
 
@@ -78,6 +78,7 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
         try:
             self.room = Room.from_scope(self.scope)
             async_to_sync(self.channel_layer.group_add)(self.room.group, self.channel_name)
+            self.publisher, self.gaps = Publisher(self.channel_name), Gaps()
         except (InvalidRoom, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 self.send(message)
@@ -87,17 +88,26 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)  # the echo, a close, or None
         if reply and reply["type"] == "websocket.send":
-            reply = self.publish(room_event(reply))  # to the room instead; a close if that fails
+            # To the room instead, numbered; a close if that fails.
+            reply = self.publish(self.publisher.event(reply))
         if reply:
             self.send(reply)
 
     def room_message(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
-            self.send(forward(event))
+            self.send(
+                self.session.fell_behind(lost)
+                if (lost := self.gaps.lost(event))
+                else forward(event)
+            )
 
     def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
             self.send(close)
+
+    def layer_dropped(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            self.send(self.session.fell_behind(event["count"]))
 
     def websocket_disconnect(self, event: Message) -> None:
         self.session.disconnected(event)
@@ -125,6 +135,7 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
         try:
             self.room = Room.from_scope(self.scope)
             await self.channel_layer.group_add(self.room.group, self.channel_name)
+            self.publisher, self.gaps = Publisher(self.channel_name), Gaps()
         except (InvalidRoom, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 await self.send(message)
@@ -134,17 +145,25 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     async def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)
         if reply and reply["type"] == "websocket.send":
-            reply = await self.publish(room_event(reply))
+            reply = await self.publish(self.publisher.event(reply))
         if reply:
             await self.send(reply)
 
     async def room_message(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
-            await self.send(forward(event))
+            await self.send(
+                self.session.fell_behind(lost)
+                if (lost := self.gaps.lost(event))
+                else forward(event)
+            )
 
     async def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
             await self.send(close)
+
+    async def layer_dropped(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            await self.send(self.session.fell_behind(event["count"]))
 
     async def websocket_disconnect(self, event: Message) -> None:
         self.session.disconnected(event)

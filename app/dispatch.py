@@ -160,6 +160,7 @@ class _DispatchLoop:
     traceable = False
     tracer: Tracer | None = None
     _layer_failed = False
+    _watch_drops = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -241,15 +242,22 @@ class _DispatchLoop:
     async def _two_sources(self, receive: Receive) -> None:
         """Client events and channel-layer events, in arrival order, one dispatch at a time."""
         inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)  # a reader waits while we dispatch
+        self._layer_news: list[Message] = []
 
         async def pump(source: Receive) -> None:
             while True:
                 await inbox.put(await source())
 
         # Opt-in: a consumer with a layer_unavailable handler is told once that the layer
-        # failed; any other consumer gets the layer's exception, as with Channels.
+        # failed (any other gets the layer's exception, as with Channels); one with a
+        # layer_dropped handler is told when the layer dropped messages meant for it.
+        self._watch_drops = hasattr(self, "layer_dropped") and hasattr(
+            self.channel_layer, "take_drops"
+        )
         layer_receive = (
-            self._layer_receive if hasattr(self, "layer_unavailable") else self.channel_receive
+            self._layer_receive
+            if self._watch_drops or hasattr(self, "layer_unavailable")
+            else self.channel_receive
         )
         if self.tracer:
             layer_receive = self.tracer.source(layer_receive)
@@ -280,12 +288,22 @@ class _DispatchLoop:
                 )
 
     async def _layer_receive(self) -> Message:
-        """The next channel-layer message; a failing layer becomes one ``layer.unavailable`` event."""
+        """The next channel-layer message, for consumers that opted in to the layer's news.
+
+        A failing layer becomes one ``layer.unavailable`` event; messages the layer dropped for
+        this channel (``take_drops``, app/layers.py) a ``layer.dropped`` event with their count,
+        after the message that revealed them.
+        """
+        if self._layer_news:
+            return self._layer_news.pop()
         if self._layer_failed:
             await asyncio.Future()  # told the consumer once; it is closing, so wait for nothing
         for attempt in (1, 2):
             try:
-                return await self.channel_receive()
+                message = await self.channel_receive()
+                if self._watch_drops and (lost := self.channel_layer.take_drops(self.channel_name)):
+                    self._layer_news.append({"type": "layer.dropped", "count": lost})
+                return message
             except LAYER_ERRORS as error:
                 # Once more: after Redis restarts, the first command on a pooled connection fails.
                 if attempt == 2:

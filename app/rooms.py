@@ -3,10 +3,19 @@
 A room is a channel-layer group. Every message a member sends becomes one ``room.message``
 event to the group; Channels calls each member's ``room_message`` handler with it (the seed's
 rule: ``.`` becomes ``_``), which forwards it to that member's socket.
+
+A member that falls behind is never left to lose messages unknowingly. Every layer drops
+messages for a member whose queue is full (``capacity``, and bytes in memory) or that waited
+past ``expiry``. So each publisher numbers its messages (``Publisher``), each member checks the
+numbers (``Gaps``), and a member that finds a gap is closed with 1013 and a WARNING line saying
+how many it lost: it is told, and can reconnect. The other members are not slowed by it: each has
+its own queue. This is the policy of Phoenix and Centrifugo (close the slow subscriber), and it
+works the same on the in-memory layer and on channels-redis.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -46,9 +55,40 @@ class Room:
         return cls(name)
 
 
-def room_event(message: Message) -> Message:
-    """The ``room.message`` group event carrying a ``websocket.send``'s text or bytes."""
-    return {**message, "type": "room.message"}
+class Publisher:
+    """Numbers what one sender (a member, or one ``manage.py broadcast``) publishes: 1, 2, 3..."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.numbers = itertools.count(1)
+
+    def event(self, message: Message) -> Message:
+        """The ``room.message`` group event carrying a ``websocket.send``'s text or bytes."""
+        return {**message, "type": "room.message", "sender": self.sender, "seq": next(self.numbers)}
+
+
+class Gaps:
+    """What one member has received of each sender: a jump in a sender's numbers is a loss.
+
+    Counting starts at the first message from each sender after joining. At most
+    ``MAX_SENDERS`` senders are remembered, the least recently heard forgotten first.
+    """
+
+    MAX_SENDERS = 4096
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def lost(self, event: Message) -> int:
+        """How many of this sender's messages were lost just before ``event`` (0: none)."""
+        sender, seq = event.get("sender"), event.get("seq")
+        if sender is None or not isinstance(seq, int):
+            return 0  # not numbered (sent by other code): nothing to check
+        previous = self.last.pop(sender, None)
+        self.last[sender] = seq
+        if len(self.last) > self.MAX_SENDERS:
+            del self.last[next(iter(self.last))]
+        return seq - previous - 1 if previous is not None and seq > previous + 1 else 0
 
 
 def forward(event: Message) -> Message:

@@ -173,6 +173,14 @@ class Session:
             detail=error if isinstance(error, str) else error_text(error),
         )
 
+    def fell_behind(self, lost: int) -> Message:
+        """The close for a room member whose layer dropped ``lost`` messages meant for it."""
+        return self.close(
+            CloseCode.TRY_AGAIN_LATER,
+            f"fell behind: {lost} room message(s) lost, reconnect",
+            level=logging.WARNING,
+        )
+
     def disconnected(self, event: Message) -> None:
         """Record ``websocket.disconnect``: the code (and reason, on servers that pass one)."""
         self.state = ConnectionState.CLOSED

@@ -126,14 +126,21 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 10_000)
 CHANNEL_EXPIRY = env_int("CHANNEL_EXPIRY", 60)
+# CHANNEL_CAPACITY_BYTES: bytes a channel holds, in memory, before the layer drops the next
+# message (channels-redis counts messages only; its queues live in Redis).
+CHANNEL_CAPACITY_BYTES = env_int("CHANNEL_CAPACITY_BYTES", 16 * 1024 * 1024)
 # redis-py 8 reads with a 5 s socket_timeout by default, the same 5 s that channels-redis blocks
 # in BZPOPMIN, so every idle receive fails with TimeoutError (channels_redis#422): read longer.
 REDIS_HOST = {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
 if not REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "app.layers.LoggingInMemoryChannelLayer",
-            "CONFIG": {"capacity": CHANNEL_CAPACITY, "expiry": CHANNEL_EXPIRY},
+            "BACKEND": "app.layers.BoundedInMemoryChannelLayer",
+            "CONFIG": {
+                "capacity": CHANNEL_CAPACITY,
+                "capacity_bytes": CHANNEL_CAPACITY_BYTES,
+                "expiry": CHANNEL_EXPIRY,
+            },
         }
     }
 elif REDIS_CHANNEL_LAYER == "core":

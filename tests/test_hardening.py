@@ -378,7 +378,7 @@ def test_healthz_reports_connections_and_the_layer(client):
     data = client.get("/healthz").json()
     assert data["status"] == "ok"
     assert isinstance(data["websocket_connections"], int)
-    assert data["channel_layer"] == {"backend": "LoggingInMemoryChannelLayer", "reachable": True}
+    assert data["channel_layer"] == {"backend": "BoundedInMemoryChannelLayer", "reachable": True}
 
 
 @pytest.mark.django_db

@@ -351,3 +351,84 @@ def test_one_session_keeps_at_most_eight_tokens():
     session = import_module(settings.SESSION_ENGINE).SessionStore()
     issued = [issue_token(session)[0] for _ in range(20)]
     assert list(session[SESSION_KEY]) == issued[-8:]
+
+
+# --- rooms ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def room_server(server_env):
+    """The in-memory layer with small queues (100 messages), so that a slow member overflows."""
+    env = {**server_env, **SHORT, "CHANNEL_CAPACITY": "100"}
+    with LiveServer("uvicorn", env=env) as live:
+        yield live
+
+
+@pytest.mark.asyncio
+async def test_a_room_with_a_member_that_never_reads_loses_no_one_a_message_silently(room_server):
+    """30 members read, one never does; 3 of the readers send 100 messages of 1 KiB each.
+
+    Every reader gets every message, each sender's in order, or is closed with 1013 and a line
+    saying how many it lost. A sender that is closed stops mid-way: the others get a gap-free
+    start of its messages. Afterwards a new message still reaches every reader left.
+    """
+    import asyncio
+
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed
+
+    url = f"{room_server.ws_url}/ws/broadcast/async/bomb/"
+    deaf = websocket(room_server.port, "/ws/broadcast/async/bomb/", rcvbuf=4096)
+    readers = [await ws_connect(url, max_size=2**20) for _ in range(30)]
+    senders, per_sender, pad = 3, 100, "x" * 1024
+
+    # A sender's last message has been published once it comes back to the sender itself.
+    published = [asyncio.Event() for _ in range(senders)]
+
+    async def read_all(ws, me: int) -> tuple[dict[str, list[int]], int | None]:
+        """Until the closing "end" (each sender's messages keep their order, not all of them)."""
+        heard: dict[str, list[int]] = {}
+        try:
+            while (text := await asyncio.wait_for(ws.recv(), 30)) != "end":
+                sender, index = text.split(":")[0].split("-")
+                heard.setdefault(sender, []).append(int(index))
+                if sender == f"s{me}" and int(index) == per_sender - 1:
+                    published[me].set()
+            return heard, None
+        except ConnectionClosed as closed:
+            if me < senders:
+                published[me].set()  # closed: it publishes nothing more
+            return heard, closed.rcvd.code if closed.rcvd else None
+
+    async def send_all(ws, sender: int) -> None:
+        with contextlib.suppress(ConnectionClosed):  # a sender that falls behind is closed too
+            for index in range(per_sender):
+                await ws.send(f"s{sender}-{index}:{pad}")
+        await asyncio.wait_for(published[sender].wait(), 30)
+
+    with RssWatch(room_server.process.pid) as rss, Prober(room_server.port) as prober:
+        listening = [asyncio.create_task(read_all(ws, i)) for i, ws in enumerate(readers)]
+        await asyncio.gather(*(send_all(readers[s], s) for s in range(senders)))
+        async with ws_connect(url) as last:  # joins behind all of it: its "end" comes last
+            await last.send("end")
+            outcomes = await asyncio.gather(*listening)
+    deaf.close()
+    told = [heard for heard, code in outcomes if code == 1013]
+    served = [heard for heard, code in outcomes if code is None]
+    assert len(told) + len(served) == len(readers), [code for _, code in outcomes]
+    print(f"{len(served)} readers got everything, {len(told)} fell behind and were told")
+    kept_on = {f"s{s}" for s in range(senders) if outcomes[s][1] is None}
+    for heard in served:
+        for sender, indexes in heard.items():
+            assert indexes == list(range(len(indexes))), f"{sender}: a gap or a reordering"
+        assert all(len(heard.get(sender, ())) == per_sender for sender in kept_on), heard.keys()
+    assert rss.growth_mib < 512
+    prober.assert_responsive()
+    told_lines = re.findall(r"closing 1013 TRY_AGAIN_LATER: fell behind", room_server.log())
+    assert len(told_lines) >= len(told)  # one line each (and maybe one for the deaf member)
+    assert served, "every reader fell behind: the test's own client is too slow to show anything"
+    survivors = [ws for ws, (_, code) in zip(readers, outcomes, strict=True) if code is None]
+    await survivors[0].send("again")
+    for ws in survivors:  # the room still works for every member left
+        assert (await asyncio.wait_for(ws.recv(), 10)).startswith("again")
+        await ws.close()

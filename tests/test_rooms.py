@@ -6,8 +6,10 @@ import logging
 import uuid
 
 import pytest
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from app.layers import message_bytes
 from app.rooms import MAX_ROOM_NAME_LENGTH
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -135,7 +137,7 @@ async def test_a_full_channel_is_logged_not_silently_dropped(
     from channels.layers import channel_layers
 
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "app.layers.LoggingInMemoryChannelLayer", "CONFIG": {"capacity": 3}}
+        "default": {"BACKEND": "app.layers.BoundedInMemoryChannelLayer", "CONFIG": {"capacity": 3}}
     }
     channel_layers.backends.pop("default", None)
     try:
@@ -150,6 +152,130 @@ async def test_a_full_channel_is_logged_not_silently_dropped(
             {"type": "room.message", "text": str(i)} for i in range(3)
         ]
         drops = [r.getMessage() for r in caplog.records]
-        assert drops == [f"dropped a room.message for {channel}: channel full (capacity 3)"] * 2
+        # The first drop is a line; the next ones are counted into one line every 10 s.
+        assert drops == [f"dropped a room.message for {channel}: channel full (3 messages queued)"]
+        assert layer.drops.suppressed == 1
     finally:
         channel_layers.backends.pop("default", None)
+
+
+@pytest.fixture
+def small_layer(settings):
+    """The project's in-memory layer with small bounds, fresh for one test."""
+    from channels.layers import channel_layers
+
+    def make(**config):
+        settings.CHANNEL_LAYERS = {
+            "default": {"BACKEND": "app.layers.BoundedInMemoryChannelLayer", "CONFIG": config}
+        }
+        channel_layers.backends.pop("default", None)
+        return get_channel_layer()
+
+    yield make
+    channel_layers.backends.pop("default", None)
+
+
+async def test_a_channel_holds_at_most_capacity_bytes(small_layer):
+    layer = small_layer(capacity=100, capacity_bytes=2_000)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "x", "text": "a" * 1_000})
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "x", "text": "b" * 1_000})  # 2 x 1,201 > 2,000
+    assert (await layer.receive(channel))["text"] == "a" * 1_000
+    await layer.send(channel, {"type": "x", "text": "c" * 1_000})  # room again once read
+    assert layer.queued_bytes[channel] == message_bytes({"type": "x", "text": "c" * 1_000})
+
+
+async def test_an_expired_message_is_dropped_and_logged_and_the_member_stays_in_its_groups(
+    small_layer, caplog
+):
+    layer = small_layer(expiry=0)  # every message has expired by the time it is read
+    channel = await layer.new_channel()
+    await layer.group_add("room.x", channel)
+    with caplog.at_level(logging.WARNING, logger="app.layers"):
+        await layer.group_send("room.x", {"type": "room.message", "text": "late"})
+        await layer.send(channel, {"type": "room.message", "text": "later"})
+        layer.expiry = 60
+        await layer.send(channel, {"type": "room.message", "text": "fresh"})
+        assert (await layer.receive(channel))["text"] == "fresh"
+    assert "dropped 2 message(s) for" in caplog.text and "(expiry)" in caplog.text
+    assert channel in layer.groups["room.x"]  # Channels' own layer would have removed it
+
+
+async def test_a_room_message_costs_one_look_at_each_member_not_at_every_channel(
+    small_layer, monkeypatch
+):
+    """Channels' layer scans every channel of the process on every receive: N^2 per message."""
+    layer = small_layer()
+    members = [await layer.new_channel() for _ in range(300)]
+    for channel in members:
+        await layer.group_add("room.big", channel)
+    looks = []
+    original = layer._drop_expired
+    monkeypatch.setattr(layer, "_drop_expired", lambda c, q: looks.append(c) or original(c, q))
+    layer.next_sweep = float("inf")  # the once-a-second scan is not due in this test
+    await layer.group_send("room.big", {"type": "room.message", "text": "hi"})
+    for channel in members:
+        assert (await layer.receive(channel))["text"] == "hi"
+    assert len(looks) == len(members)  # one per receive: linear in the room's size
+
+
+async def test_a_member_that_lost_messages_is_closed_1013_with_the_count(
+    communicator_factory, kind, caplog
+):
+    room = new_room()
+    communicator = await member(communicator_factory, room, kind)
+    layer = get_channel_layer()
+    numbered = {"type": "room.message", "sender": "someone"}
+    with caplog.at_level(logging.WARNING):
+        await layer.group_send(f"room.{room}", {**numbered, "text": "1", "seq": 1})
+        assert await communicator.receive_from() == "1"
+        await layer.group_send(f"room.{room}", {**numbered, "text": "4", "seq": 4})  # 2, 3 lost
+        close = await communicator.receive_output()
+    assert close == {
+        "type": "websocket.close",
+        "code": 1013,
+        "reason": "fell behind: 2 room message(s) lost, reconnect",
+    }
+    assert "closing 1013 TRY_AGAIN_LATER: fell behind: 2 room message(s) lost" in caplog.text
+
+
+async def test_gaps_count_per_sender_from_the_first_message_heard():
+    from app.rooms import Gaps
+
+    gaps = Gaps()
+    assert gaps.lost({"sender": "a", "seq": 5}) == 0  # first heard: no history yet
+    assert gaps.lost({"sender": "b", "seq": 1}) == 0
+    assert gaps.lost({"sender": "a", "seq": 6}) == 0
+    assert gaps.lost({"sender": "a", "seq": 9}) == 2
+    assert gaps.lost({"sender": "b", "seq": 2}) == 0
+    assert gaps.lost({"text": "not numbered"}) == 0
+
+
+async def test_a_publisher_numbers_its_messages():
+    from app.rooms import Publisher
+
+    publisher = Publisher("me")
+    events = [publisher.event({"type": "websocket.send", "text": t}) for t in "ab"]
+    assert events == [
+        {"type": "room.message", "text": "a", "sender": "me", "seq": 1},
+        {"type": "room.message", "text": "b", "sender": "me", "seq": 2},
+    ]
+
+
+async def test_a_member_whose_queue_overflowed_is_told_even_if_no_message_follows(
+    communicator_factory, small_layer, kind
+):
+    """Messages dropped at the tail leave no gap to see: the layer's count says it instead."""
+    small_layer(capacity=2)
+    room = new_room()
+    communicator = await member(communicator_factory, room, kind)
+    layer = get_channel_layer()
+    for i in range(5):  # no await yields to the member in between: 3 of 5 find its queue full
+        await layer.group_send(f"room.{room}", {"type": "room.message", "text": str(i)})
+    assert await communicator.receive_from() == "0"  # the drops are known from here on
+    assert await communicator.receive_output() == {
+        "type": "websocket.close",
+        "code": 1013,
+        "reason": "fell behind: 3 room message(s) lost, reconnect",
+    }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
 from app import protocol
 from app.layers import LAYER_ERRORS, error_text
-from app.rooms import InvalidRoom, Room, room_event
+from app.rooms import InvalidRoom, Publisher, Room
 
 
 class Command(BaseCommand):
@@ -30,7 +32,8 @@ class Command(BaseCommand):
                 "so a command cannot reach it"
             )
         try:
-            async_to_sync(layer.group_send)(target.group, room_event(protocol.send_text(message)))
+            event = Publisher(f"broadcast-{uuid.uuid4().hex}").event(protocol.send_text(message))
+            async_to_sync(layer.group_send)(target.group, event)
         except LAYER_ERRORS as error:
             raise CommandError(f"channel layer unavailable: {error_text(error)}") from None
         self.stdout.write(f"sent {len(message.encode())} bytes to room {target.name}")
