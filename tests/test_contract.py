@@ -135,7 +135,7 @@ class GatedSync(LeanSyncConsumer):
 
 
 async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeypatch):
-    lanes = HandlerLanes(1, max_size=2)
+    lanes = HandlerLanes(1, max_size=2, blocked_after=0)
     monkeypatch.setattr(app.dispatch, "_handler_lanes", lanes)
     GatedSync.gate.clear()
     stuck = WebsocketCommunicator(GatedSync.as_asgi(), "/")
@@ -143,7 +143,7 @@ async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeyp
     await stuck.send_to(text_data="wait")
 
     async def handler_started() -> None:
-        while lanes.lanes[0].running == 0:  # the handler is on the only lane
+        while lanes.lanes[0].handler_started is None:  # the handler runs on the only lane
             await asyncio.sleep(0)
 
     await asyncio.wait_for(handler_started(), 5)
@@ -156,6 +156,19 @@ async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeyp
     assert await stuck.receive_from() == "wait"
     for communicator in (stuck, fresh):
         await communicator.disconnect()
+
+
+async def test_lanes_grow_only_when_every_lane_is_blocked_not_merely_busy():
+    import time
+
+    lanes = HandlerLanes(2, max_size=4, blocked_after=0.1)
+    for lane in lanes.lanes:
+        lane.running = 1  # busy with short handlers: ordinary load
+        lane.handler_started = time.monotonic()
+    assert lanes.take() in lanes.lanes[:2] and len(lanes.lanes) == 2
+    for lane in lanes.lanes:
+        lane.handler_started = time.monotonic() - 1  # every handler stuck for a second
+    assert lanes.take() is lanes.lanes[2]  # a new lane, not a wait behind them
 
 
 # --- exceptions -------------------------------------------------------------------------------

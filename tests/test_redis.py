@@ -171,3 +171,24 @@ async def test_redis_stopped_while_serving_then_back(server_env):
         redis_server.stop()
     # No traceback, and no consumer left behind for shutdown to cancel.
     assert_clean_log(server.log())
+
+
+@pytest.mark.asyncio
+async def test_a_member_that_lost_messages_through_redis_is_told(two_servers, redis_server):
+    """The room policy on channels-redis: a gap in a sender's numbers closes the member with
+    1013 and the count (channels-redis drops silently past its capacity)."""
+    from channels_redis.core import RedisChannelLayer
+
+    _, b = two_servers
+    room = new_room()
+    layer = RedisChannelLayer(hosts=[redis_server.url])
+    numbered = {"type": "room.message", "sender": "elsewhere"}
+    async with connect(room_url(b, room)) as member:
+        await layer.group_send(f"room.{room}", {**numbered, "text": "one", "seq": 1})
+        assert await asyncio.wait_for(member.recv(), 5) == "one"
+        await layer.group_send(f"room.{room}", {**numbered, "text": "four", "seq": 4})
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(member.recv(), 5)
+    assert closed.value.rcvd.code == 1013
+    assert closed.value.rcvd.reason == "fell behind: 2 room message(s) lost, reconnect"
+    await layer.close_pools()
