@@ -20,7 +20,7 @@ relies on fails a test.
 | open WebSockets per client address | ``WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT`` (1,000) | 503 |
 | frames a second, control frames and fragments included | ``WEBSOCKET_FRAME_RATE`` / ``_BURST`` (50,000 / 10,000) | close 1008 |
 | fragments of one message | ``WEBSOCKET_MAX_FRAGMENTS`` (1,024) | close 1009 |
-| bytes queued for a client that does not read | ``WEBSOCKET_WRITE_BUFFER_BYTES`` (1 MiB): reading from it pauses | |
+| bytes queued for a client that does not read | ``WEBSOCKET_WRITE_BUFFER_BYTES`` (256 KiB): reading from it pauses; the app's send waits past 4x | |
 | time the queue stays over that mark | ``WEBSOCKET_SEND_TIMEOUT`` (10 s) | close 1008, socket dropped |
 """
 
@@ -45,6 +45,9 @@ logger = logging.getLogger("app.server")
 
 #: File descriptors kept free of WebSockets for the listening socket, HTTP, Redis and the database.
 FD_RESERVE = 1_000
+
+#: Past this many times ``WEBSOCKET_WRITE_BUFFER_BYTES`` unsent, the application's send waits.
+WRITE_BUFFER_HARD_LIMIT = 4
 
 
 def raise_fd_limit() -> int:
@@ -163,8 +166,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     - While more than ``WEBSOCKET_WRITE_BUFFER_BYTES`` wait to be written to a client, reading
       from it pauses (so its pings cannot queue pongs without end), and if that lasts
       ``WEBSOCKET_SEND_TIMEOUT`` the client is closed with 1008 and the socket dropped: uvicorn
-      otherwise keeps a non-reading client forever, and the application's ``send`` (a sync
-      handler's thread included) waits with it.
+      otherwise keeps a non-reading client forever. The application's ``send`` waits only past
+      four times the mark (uvicorn's waits from the mark on), so the reply to what was read
+      before reading paused never holds a sync handler's thread.
     - A refused handshake (a 403 or 404 sent through the ``websocket.http.response``
       extension) also logs "ASGI callable returned without completing handshake" at ERROR
       (uvicorn PR #3138, open at the time of writing): the handshake is marked done.
@@ -187,6 +191,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             settings.WEBSOCKET_FRAME_RATE, settings.WEBSOCKET_FRAME_BURST
         )
         self.transport.set_write_buffer_limits(high=settings.WEBSOCKET_WRITE_BUFFER_BYTES)
+        self.hard_limit = WRITE_BUFFER_HARD_LIMIT * settings.WEBSOCKET_WRITE_BUFFER_BYTES
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -290,16 +295,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.close()
 
-    # Flow control: a client that does not read is not read from, then dropped.
+    # Flow control: a client that does not read is not read from, then dropped. The
+    # application's send waits only past WRITE_BUFFER_HARD_LIMIT times the mark: with reading
+    # paused at the mark, an echo's reply fits below it, so a sync handler answering a client
+    # that does not read does not hold its lane (uvicorn's send waits from the mark on).
+
+    write_paused = False
 
     def pause_writing(self) -> None:
-        super().pause_writing()
+        self.write_paused = True  # not uvicorn's: its send would wait from here on
         self.transport.pause_reading()
         if self.stall_timer is None:
             self.stall_timer = self.loop.call_later(settings.WEBSOCKET_SEND_TIMEOUT, self._stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.write_paused = False
         self._cancel_stall()
         if not self.read_paused and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -334,13 +345,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         message = await self.queue.get()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
-            if self.writable.is_set():
+            if not self.write_paused:
                 self.transport.resume_reading()
         return message
 
     # Client errors kept out of the ERROR log.
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
+        if self.write_paused and self.transport.get_write_buffer_size() > self.hard_limit:
+            self.writable.clear()  # uvicorn's send waits until resume_writing
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
