@@ -121,12 +121,14 @@ class GatedSync(LeanSyncConsumer):
 
     channel_layer_alias = None
     gate = threading.Event()
+    entered = threading.Event()
 
     def websocket_connect(self, event):
         self.send({"type": "websocket.accept"})
 
     def websocket_receive(self, event):
         if event["text"] == "wait":
+            self.entered.set()
             self.gate.wait(timeout=10)
         self.send({"type": "websocket.send", "text": event["text"]})
 
@@ -138,15 +140,11 @@ async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeyp
     lanes = HandlerLanes(1, max_size=2, blocked_after=0)
     monkeypatch.setattr(app.dispatch, "_handler_lanes", lanes)
     GatedSync.gate.clear()
+    GatedSync.entered.clear()
     stuck = WebsocketCommunicator(GatedSync.as_asgi(), "/")
     assert (await stuck.connect())[0]
     await stuck.send_to(text_data="wait")
-
-    async def handler_started() -> None:
-        while lanes.lanes[0].handler_started is None:  # the handler runs on the only lane
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(handler_started(), 5)
+    assert await asyncio.to_thread(GatedSync.entered.wait, 5)  # it holds the only lane
     fresh = WebsocketCommunicator(GatedSync.as_asgi(), "/")
     assert (await fresh.connect())[0]
     await fresh.send_to(text_data="hello")
