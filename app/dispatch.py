@@ -359,12 +359,20 @@ def _blocking(send: Send, loop: asyncio.AbstractEventLoop) -> Callable[[Message]
     The send runs in a copy of the handler's context, as ``async_to_sync`` runs it.
     """
 
+    def start(message: Message, done: concurrent.futures.Future[None]) -> None:
+        loop.create_task(_deliver(send, message, done))  # made on the loop: none left unawaited
+
     def blocking_send(message: Message) -> None:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop.call_soon_threadsafe(
-            loop.create_task, _deliver(send, message, done), context=contextvars.copy_context()
-        )
-        done.result()
+        loop.call_soon_threadsafe(start, message, done, context=contextvars.copy_context())
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                # A slow client is the server's to bound; a stopped loop would leave this
+                # thread waiting for ever, and block the interpreter's exit with it.
+                if loop.is_closed():
+                    raise ClientDisconnected("the server's event loop has stopped") from None
 
     return blocking_send
 
