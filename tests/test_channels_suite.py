@@ -56,6 +56,8 @@ def outcomes(report: Path) -> dict[str, str]:
 def suite_results(tmp_path_factory) -> dict[str, tuple[dict[str, str], str]]:
     if not SUITE.is_dir():
         pytest.skip(f"Channels' test suite is not at {SUITE}")
+    if not (shutil.which("chromedriver") and shutil.which("chromium")):
+        pytest.skip("Channels' Selenium tests need Debian's chromium and chromium-driver")
     runs = {}
     for name, plugins in (("stock", ()), ("lean", ("lean_bases",))):
         copy = tmp_path_factory.mktemp(f"channels-{name}") / "suite"
