@@ -407,6 +407,7 @@ def uvicorn_config(
         "h11_max_incomplete_event_size": settings.HTTP_MAX_HEADER_BYTES,
         "ws": WebSocketProtocol,
         "ws_max_size": settings.SERVER_MAX_MESSAGE_BYTES,
+        "ws_ping_interval": settings.WEBSOCKET_PING_INTERVAL,
         "ws_per_message_deflate": False,  # echo payloads are the client's; compressing them only costs CPU
         "lifespan": "off",  # Channels' ProtocolTypeRouter has no lifespan handler
         "timeout_graceful_shutdown": 5,

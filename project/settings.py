@@ -243,6 +243,9 @@ WEBSOCKET_FRAME_BURST = env_int("WEBSOCKET_FRAME_BURST", 10_000)
 WEBSOCKET_MAX_FRAGMENTS = env_int("WEBSOCKET_MAX_FRAGMENTS", 1_024)
 #: Bytes waiting to be written to one client before reading from it pauses.
 WEBSOCKET_WRITE_BUFFER_BYTES = env_int("WEBSOCKET_WRITE_BUFFER_BYTES", 256 * 1024)
+#: Seconds between the server's pings on an idle WebSocket (uvicorn's default): below a proxy's
+#: read timeout (deploy/nginx.conf: 60 s), so idle sockets stay open through it.
+WEBSOCKET_PING_INTERVAL = env_int("WEBSOCKET_PING_INTERVAL", 20)
 #: Seconds the write buffer may stay over that mark before the client is dropped (1008).
 WEBSOCKET_SEND_TIMEOUT = env_int("WEBSOCKET_SEND_TIMEOUT", 10)
 

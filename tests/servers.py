@@ -30,8 +30,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def server_command(kind: str, port: int, app: str = "project.asgi:application") -> list[str]:
-    """The command line for ``kind``; uvicorn goes through ``manage.py serve`` like the run command."""
+def server_command(
+    kind: str, port: int, app: str = "project.asgi:application", extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The command line for ``kind``; uvicorn goes through ``manage.py serve`` like the run command
+    (``extra``: more of its options, ``--workers 2`` say)."""
     if kind == "uvicorn":
         return [
             sys.executable,
@@ -43,6 +46,7 @@ def server_command(kind: str, port: int, app: str = "project.asgi:application") 
             str(port),
             "--app",
             app,
+            *extra,
         ]
     if kind == "runserver":  # Django's development server, which is daphne's
         return [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
@@ -75,13 +79,14 @@ class LiveServer:
         env: dict[str, str] | None = None,
         app: str = "project.asgi:application",
         cwd: Path = ROOT,
+        extra: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.port = free_port()
         self.log_file = tempfile.NamedTemporaryFile(prefix=f"{kind}-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = {**os.environ, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
-            server_command(kind, self.port, app),
+            server_command(kind, self.port, app, extra),
             cwd=cwd,
             env=full_env,
             stdout=self.log_file,
