@@ -294,6 +294,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_sent = True
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.close()
+        # close() waits for the buffer to drain: a client that reads nothing is dropped later.
+        self.loop.call_later(settings.WEBSOCKET_SEND_TIMEOUT, self.transport.abort)
 
     # Flow control: a client that does not read is not read from, then dropped. The
     # application's send waits only past WRITE_BUFFER_HARD_LIMIT times the mark: with reading
