@@ -281,18 +281,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         application told, one WARNING line."""
         if self.close_sent or self.transport.is_closing():
             return
-        logger.warning(
-            "closing %s for %s %s: %s",
-            CloseCode.describe(code),
-            peer(self.client),
-            getattr(self, "scope", {}).get("path", ""),
-            detail or reason,
-        )
+        self._closing(code, reason, detail or reason)
         self.frames = []
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.close()
         # close() waits for the buffer to drain: a client that reads nothing is dropped later.
         self.loop.call_later(settings.WEBSOCKET_SEND_TIMEOUT, self.transport.abort)
@@ -326,21 +318,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.stall_timer = None
         if self.transport.is_closing():
             return
-        why = "client not reading"
+        unsent = settings.WEBSOCKET_WRITE_BUFFER_BYTES
+        detail = f"client not reading (over {unsent} bytes unsent for {settings.WEBSOCKET_SEND_TIMEOUT} s)"
+        self._closing(CloseCode.POLICY_VIOLATION, "client not reading", detail)
+        self.transport.abort()  # a close frame would wait behind what it never read
+
+    def _closing(self, code: CloseCode, reason: str, detail: str) -> None:
+        """The server closes this connection: one WARNING line, and the application is told."""
         logger.warning(
-            "closing %s for %s %s: %s (over %d bytes unsent for %s s)",
-            CloseCode.describe(CloseCode.POLICY_VIOLATION),
+            "closing %s for %s %s: %s",
+            CloseCode.describe(code),
             peer(self.client),
             getattr(self, "scope", {}).get("path", ""),
-            why,
-            settings.WEBSOCKET_WRITE_BUFFER_BYTES,
-            settings.WEBSOCKET_SEND_TIMEOUT,
+            detail,
         )
         self.close_sent = True
-        self.queue.put_nowait(
-            {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION, "reason": why}
-        )
-        self.transport.abort()  # a close frame would wait behind what it never read
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def receive(self) -> Message:  # type: ignore[override]
         """uvicorn's ``receive``, except that reading stays paused while writing is."""
