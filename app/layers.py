@@ -138,7 +138,7 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
                 channel,
                 self.expiry,
             )
-        if queue.empty():
+        if queue.empty() and not queue._getters:  # forget it only if no receive waits on it
             self.channels.pop(channel, None)
             self.queued_bytes.pop(channel, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -279,3 +280,15 @@ async def test_a_member_whose_queue_overflowed_is_told_even_if_no_message_follow
         "code": 1013,
         "reason": "fell behind: 3 room message(s) lost, reconnect",
     }
+
+
+async def test_the_once_a_second_sweep_leaves_a_waiting_member_its_channel(small_layer):
+    """A member idle in ``receive`` waits on its queue: the sweep must not forget that queue."""
+    layer = small_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("room.quiet", channel)
+    waiting = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0)  # let it reach its wait on the (empty) queue
+    layer.next_sweep = 0.0  # the sweep is due at the next call
+    await layer.group_send("room.quiet", {"type": "room.message", "text": "after a quiet while"})
+    assert (await asyncio.wait_for(waiting, 1))["text"] == "after a quiet while"
