@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
 import secrets
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -220,48 +217,22 @@ def test_any_path_headers_and_subprotocols_are_accepted_or_refused_cleanly(
 # --- over real sockets ----------------------------------------------------------------------
 
 
-def raw_handshake(port: int, path: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(4096)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    mask = secrets.token_bytes(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
-
-
 @pytest.mark.server
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_invalid_utf8_in_a_text_frame_is_refused_by_the_server(asgi_server, kind):
     """What each server does with invalid UTF-8 (``tests.compat``): a 1007 or a dropped socket."""
+    from tests.attacks import TEXT, close_code, frame, read_until_closed, websocket
     from tests.compat import BEHAVIOUR
 
-    sock = raw_handshake(asgi_server.port, f"/ws/echo/{kind}/")
-    data = b""
-    with sock:
-        sock.sendall(masked_frame(0x1, b"ok \xff\xfe not utf-8"))
-        with contextlib.suppress(ConnectionResetError):
-            while (chunk := sock.recv(4096)) and not (len(data) >= 2 and len(data) >= 2 + data[1]):
-                data += chunk
-            data += chunk
+    with websocket(asgi_server.port, f"/ws/echo/{kind}/") as sock:
+        sock.sendall(frame(TEXT, b"ok \xff\xfe not utf-8"))
+        data = read_until_closed(sock, timeout=2)
     expected = BEHAVIOUR[asgi_server.kind].invalid_utf8_close_code
     if expected is None:
         assert data == b"", f"expected a dropped connection, got {data!r}"
     else:
-        assert data[0] & 0x0F == 0x8, f"expected a close frame, got {data!r}"
         # A close frame with no payload carries no code: the client reports 1005.
-        code = struct.unpack("!H", data[2:4])[0] if data[1] >= 2 else CloseCode.NO_STATUS_RCVD
-        assert code == expected
+        assert close_code(data) == expected, data
     if asgi_server.kind == "uvicorn":  # one WARNING line, not uvicorn's own ERROR traceback
         asgi_server.wait_for_log(
             r"WARNING:\s+closing 1007 for 127\.0\.0\.1:\d+: text message is not UTF-8"
