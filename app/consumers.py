@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 
-from app import protocol
+from app import metrics, protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
@@ -72,6 +72,7 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
 
     uses_database = False
     traceable = True
+    room_member = True
 
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync")
@@ -94,12 +95,9 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
             self.send(reply)
 
     def room_message(self, event: Message) -> None:
-        if self.session.state is ConnectionState.OPEN:
-            self.send(
-                self.session.fell_behind(lost)
-                if (lost := self.gaps.lost(event))
-                else forward(event)
-            )
+        lost = self.gaps.lost(event)
+        if self.session.state is ConnectionState.OPEN and lost != Gaps.DUPLICATE:
+            self.send(self.session.fell_behind(lost) if lost else forward(event))
 
     def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
@@ -120,6 +118,7 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
         try:
             async_to_sync(self.channel_layer.group_send)(self.room.group, event)
         except LAYER_ERRORS as error:
+            metrics.layer_errors.labels("group_send").inc()
             return self.session.layer_lost(error)
         return None
 
@@ -129,6 +128,7 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
 
     uses_database = False
     traceable = True
+    room_member = True
 
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async")
@@ -150,12 +150,9 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
             await self.send(reply)
 
     async def room_message(self, event: Message) -> None:
-        if self.session.state is ConnectionState.OPEN:
-            await self.send(
-                self.session.fell_behind(lost)
-                if (lost := self.gaps.lost(event))
-                else forward(event)
-            )
+        lost = self.gaps.lost(event)
+        if self.session.state is ConnectionState.OPEN and lost != Gaps.DUPLICATE:
+            await self.send(self.session.fell_behind(lost) if lost else forward(event))
 
     async def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
@@ -176,6 +173,7 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
         try:
             await self.channel_layer.group_send(self.room.group, event)
         except LAYER_ERRORS as error:
+            metrics.layer_errors.labels("group_send").inc()
             return self.session.layer_lost(error)
         return None
 
@@ -189,7 +187,7 @@ class TraceConsumer(LeanAsyncConsumer):
         token = self.scope["url_route"]["kwargs"]["token"]
         if not await database_sync_to_async(token_valid)(self.scope.get("session"), token):
             why = "trace token not issued to this session, or expired"
-            for message in denial(self.scope, HTTPStatus.FORBIDDEN, why):
+            for message in denial(self.scope, HTTPStatus.FORBIDDEN, why, reason="trace_token"):
                 await self.send(message)
             raise StopConsumer()
         self.group = trace_group(token)
@@ -212,5 +210,7 @@ class TraceConsumer(LeanAsyncConsumer):
 def room_refusal(scope: Scope, error: Exception) -> list[Message]:
     """The handshake refusal for a bad room name (400) or an unreachable channel layer (503)."""
     if isinstance(error, InvalidRoom):
-        return denial(scope, HTTPStatus.BAD_REQUEST, str(error))
-    return denial(scope, HTTPStatus.SERVICE_UNAVAILABLE, f"channel layer unavailable: {error}")
+        return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
+    metrics.layer_errors.labels("group_add").inc()
+    why = f"channel layer unavailable: {error}"
+    return denial(scope, HTTPStatus.SERVICE_UNAVAILABLE, why, reason="layer_unavailable")

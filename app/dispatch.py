@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
+from time import perf_counter
 
 from asgiref.sync import SyncToAsync
 from channels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
@@ -38,7 +39,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from app import protocol
+from app import metrics, protocol
 from app.layers import LAYER_ERRORS, error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.tracing import Tracer
@@ -172,6 +173,8 @@ class _DispatchLoop:
     tracer: Tracer | None = None
     _layer_failed = False
     _watch_drops = False
+    #: Counted in ``channels_echo_room_members`` while connected (app/metrics.py).
+    room_member = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -180,6 +183,9 @@ class _DispatchLoop:
             self.channel_name = await self.channel_layer.new_channel()
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         live.opened()
+        self._metrics = metrics.Connection(
+            metrics.consumer_stats(type(self).__name__, room=self.room_member)
+        )
         try:
             if self.traceable and b"trace=" in scope.get("query_string", b""):
                 self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
@@ -203,6 +209,7 @@ class _DispatchLoop:
             raise  # as with Channels: the server (and a test's communicator) sees it
         finally:
             live.closed()
+            self._metrics.ended()
 
     async def _run_sync(self, receive: Receive, send: Send) -> None:
         """The receive loop with this connection's lane and context held for its handlers."""
@@ -213,7 +220,7 @@ class _DispatchLoop:
         self._context = contextvars.copy_context()
         # SyncConsumer's handlers call send() from their thread: one hop back to the loop
         # (Channels uses async_to_sync, several hops and context copies per message).
-        self.base_send = _blocking(send, loop)
+        self.base_send = _blocking(send, loop, self._metrics.sent)
         lanes = handler_lanes()
         self._lane = lanes.take()
         try:
@@ -242,8 +249,10 @@ class _DispatchLoop:
         self.connection_log().error(
             "handler raised %s; closing with %s", error_text(error), CloseCode.describe(code)
         )
+        close = protocol.close(code, "internal error")
+        self._metrics.sent(close)
         with contextlib.suppress(Exception):  # closed already, or the client is gone
-            await send(protocol.close(code, "internal error"))
+            await send(close)
 
     def connection_log(self) -> logging.Logger | logging.LoggerAdapter:
         """The connection's own logger where its session made one."""
@@ -318,6 +327,7 @@ class _DispatchLoop:
             except LAYER_ERRORS as error:
                 # Once more: after Redis restarts, the first command on a pooled connection fails.
                 if attempt == 2:
+                    metrics.layer_errors.labels("receive").inc()
                     self._layer_failed = True
                     return {
                         "type": "layer.unavailable",
@@ -353,13 +363,17 @@ async def _deliver(send: Send, message: Message, done: concurrent.futures.Future
         done.set_result(None)
 
 
-def _blocking(send: Send, loop: asyncio.AbstractEventLoop) -> Callable[[Message], None]:
+def _blocking(
+    send: Send, loop: asyncio.AbstractEventLoop, count: Callable[[Message], None]
+) -> Callable[[Message], None]:
     """``send`` for a handler thread: waits until the server took the message, as Channels' does.
 
-    The send runs in a copy of the handler's context, as ``async_to_sync`` runs it.
+    The send runs in a copy of the handler's context, as ``async_to_sync`` runs it; ``count``
+    (the metrics) runs on the loop, before it.
     """
 
     def start(message: Message, done: concurrent.futures.Future[None]) -> None:
+        count(message)
         loop.create_task(_deliver(send, message, done))  # made on the loop: none left unawaited
 
     def blocking_send(message: Message) -> None:
@@ -382,10 +396,19 @@ class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
 
     async def dispatch(self, message: Message) -> None:
         handler = self.handler_for(message)
-        if self.uses_database:
-            # Channels awaits this before every handler: a thread hop even for DB-free handlers.
-            await aclose_old_connections()
-        await handler(message)
+        started = perf_counter()
+        try:
+            if self.uses_database:
+                # Channels awaits this before every handler: a thread hop even for DB-free handlers.
+                await aclose_old_connections()
+            await handler(message)
+        finally:
+            self._metrics.handled(message, started)
+
+    async def send(self, message: Message) -> None:
+        """Channels' ``send``, counted for the metrics."""
+        self._metrics.sent(message)
+        await self.base_send(message)
 
 
 class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
@@ -402,12 +425,14 @@ class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
         loop = asyncio.get_running_loop()
         lane = self._lane
         lane.running += 1
+        started = perf_counter()
         try:
             await loop.run_in_executor(
                 lane.executor, self._context.run, self._handle, loop, message
             )
         finally:
             lane.running -= 1
+            self._metrics.handled(message, started)
 
     def _handle(self, loop: asyncio.AbstractEventLoop, message: Message) -> None:
         """One handler call, in the lane's thread and the connection's context."""

@@ -15,16 +15,19 @@ from urllib.parse import urlparse
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
+from app import metrics
 from app.protocol import ASGIApp, Message, Receive, Scope, Send, ServerFeatures, header, peer
 
 logger = logging.getLogger("app.handshake")
 
 
-def denial(scope: Scope, status: HTTPStatus, why: str) -> list[Message]:
+def denial(scope: Scope, status: HTTPStatus, why: str, *, reason: str) -> list[Message]:
     """The messages that refuse a handshake with ``status``, logged once with ``why``.
 
-    Sent in answer to ``websocket.connect``, before any ``websocket.accept``.
+    Sent in answer to ``websocket.connect``, before any ``websocket.accept``; counted in
+    ``channels_echo_refusals_total`` under ``reason`` (one of ``metrics.REFUSAL_REASONS``).
     """
+    metrics.refused(reason)
     logger.warning(
         "refused %s %s: %d %s", peer(scope.get("client")), scope.get("path"), status, why
     )
@@ -44,18 +47,27 @@ def denial(scope: Scope, status: HTTPStatus, why: str) -> list[Message]:
     ]
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send, status: HTTPStatus, why: str) -> None:
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, status: HTTPStatus, why: str, *, reason: str
+) -> None:
     """An ASGI app's refusal: wait for ``websocket.connect``, then send the ``denial``."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # the client left before the handshake finished
-    for reply in denial(scope, status, why):
+    for reply in denial(scope, status, why, reason=reason):
         await send(reply)
 
 
 async def unknown_route(scope: Scope, receive: Receive, send: Send) -> None:
     """The last WebSocket route: anything no other route matched gets a 404."""
-    await refuse(scope, receive, send, HTTPStatus.NOT_FOUND, "no WebSocket route at this path")
+    await refuse(
+        scope,
+        receive,
+        send,
+        HTTPStatus.NOT_FOUND,
+        "no WebSocket route at this path",
+        reason="route",
+    )
 
 
 class LoggedOriginValidator(OriginValidator):
@@ -82,7 +94,7 @@ class LoggedOriginValidator(OriginValidator):
         if origin is not None and self._allowed(origin):
             return await self.application(scope, receive, send)
         why = f"Origin {origin!r} is not allowed" if origin is not None else "no Origin header"
-        return await refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why)
+        return await refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why, reason="origin")
 
     def _allowed(self, origin: str) -> bool:
         try:

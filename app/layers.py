@@ -10,10 +10,13 @@ import logging
 import time
 
 import redis
+import redis.sentinel
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
+from django.conf import settings
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.logs import Throttled
 
 logger = logging.getLogger("app.layers")
@@ -27,9 +30,15 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def ping_redis(url: str, *, timeout: float) -> None:
-    """PING the Redis at ``url`` on a fresh connection; raises RedisError, OSError or ValueError."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def ping_redis(*, timeout: float) -> None:
+    """PING the settings' Redis (REDIS_URL, or the master REDIS_SENTINELS name) on a fresh
+    connection; raises RedisError, OSError or ValueError."""
+    limits = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if settings.REDIS_SENTINELS:
+        sentinel = redis.sentinel.Sentinel(settings.REDIS_SENTINELS, sentinel_kwargs=limits)
+        client = sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **limits)
+    else:
+        client = redis.Redis.from_url(settings.REDIS_URL, **limits)
     try:
         client.ping()
     finally:
@@ -90,6 +99,7 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
 
     def _dropped(self, channel: str, message: dict, why: str) -> None:
         self.dropped[channel] = self.dropped.get(channel, 0) + 1
+        metrics.layer_dropped.labels("full").inc()
         self.drops.warning(
             "dropped a %s for %s: channel full (%s)", message.get("type"), channel, why
         )
@@ -132,6 +142,7 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
             expired += 1
         if expired:
             self.dropped[channel] = self.dropped.get(channel, 0) + expired
+            metrics.layer_dropped.labels("expired").inc(expired)
             self.drops.warning(
                 "dropped %d message(s) for %s: unread for %d s (expiry)",
                 expired,

@@ -68,23 +68,30 @@ class Publisher:
 
 
 class Gaps:
-    """What one member has received of each sender: a jump in a sender's numbers is a loss.
+    """What one member has received of each sender: a jump in a sender's numbers is a loss, and
+    a number seen already is a duplicate (``DUPLICATE``), not to be delivered again: after a
+    Redis failover, a message the old master handed out may still be queued on the new one.
 
     Counting starts at the first message from each sender after joining. At most
     ``MAX_SENDERS`` senders are remembered, the least recently heard forgotten first.
     """
 
     MAX_SENDERS = 4096
+    DUPLICATE = -1
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
 
     def lost(self, event: Message) -> int:
-        """How many of this sender's messages were lost just before ``event`` (0: none)."""
+        """How many of this sender's messages were lost just before ``event`` (0: none), or
+        ``DUPLICATE``."""
         sender, seq = event.get("sender"), event.get("seq")
         if sender is None or not isinstance(seq, int):
             return 0  # not numbered (sent by other code): nothing to check
         previous = self.last.pop(sender, None)
+        if previous is not None and seq <= previous:
+            self.last[sender] = previous
+            return self.DUPLICATE
         self.last[sender] = seq
         if len(self.last) > self.MAX_SENDERS:
             del self.last[next(iter(self.last))]

@@ -37,6 +37,7 @@ from django.conf import settings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from app import metrics
 from app.logs import Throttled, uvicorn_log_config
 from app.protocol import CloseCode, Message, peer
 from app.session import TokenBucket
@@ -113,10 +114,10 @@ class HttpProtocol(H11Protocol):
             self.head_lines += data.count(b"\n")
             if self.head_bytes > settings.HTTP_MAX_HEADER_BYTES:
                 why = f"request head over {settings.HTTP_MAX_HEADER_BYTES} bytes"
-                return self._refuse(431, "Request Header Fields Too Large", why)
+                return self._refuse(431, "Request Header Fields Too Large", why, "header_too_large")
             if self.head_lines > settings.HTTP_MAX_HEADERS + 2:  # request line, headers, blank
                 why = f"more than {settings.HTTP_MAX_HEADERS} header lines"
-                return self._refuse(431, "Request Header Fields Too Large", why)
+                return self._refuse(431, "Request Header Fields Too Large", why, "header_too_large")
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._cancel_deadline()  # the head is complete (or the connection failed)
@@ -142,10 +143,11 @@ class HttpProtocol(H11Protocol):
             # An idle keep-alive connection after a response: uvicorn's keep-alive timeout has it.
             return
         why = f"no complete request head within {settings.HTTP_HEADER_TIMEOUT} s"
-        self._refuse(408, "Request Timeout", why)
+        self._refuse(408, "Request Timeout", why, "header_timeout")
 
-    def _refuse(self, status: int, phrase: str, why: str) -> None:
+    def _refuse(self, status: int, phrase: str, why: str, reason: str) -> None:
         self._cancel_deadline()
+        metrics.refused(reason)
         logger.warning("refused %s: %d %s", peer(self.client), status, why)
         self.transport.write(http_refusal(status, phrase, why))
         self.transport.close()
@@ -203,7 +205,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             # websockets refused the request: its 414 or 431 is in data_to_send; for a request
             # it cannot parse at all it has only an end of stream, so the 400 is ours.
             why = f"handshake {self.conn.handshake_exc}"
-            response = b"".join(self.conn.data_to_send()) or http_refusal(400, "Bad Request", why)
+            response = b"".join(self.conn.data_to_send())
+            metrics.refused("header_too_large" if response else "bad_handshake")
+            response = response or http_refusal(400, "Bad Request", why)
             self.transport.write(response)
             self.transport.close()
             self.close_sent = True
@@ -217,8 +221,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         per_client = settings.WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT
         if cls.open_count >= cls.cap:
             why = f"{cls.open_count} WebSockets open, the process limit is {cls.cap}"
+            metrics.refused("connection_cap")
         elif per_client > 0 and cls.open_by_host[host] >= per_client:
             why = f"{cls.open_by_host[host]} WebSockets open from {host}, the limit is {per_client}"
+            metrics.refused("client_cap")
         else:
             self.counted = True
             cls.open_count += 1

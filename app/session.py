@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from app import protocol
+from app import metrics, protocol
 from app.layers import error_text
 from app.protocol import CloseCode, ConnectionState, Message, Scope, ServerFeatures, peer
 
@@ -175,6 +175,7 @@ class Session:
 
     def fell_behind(self, lost: int) -> Message:
         """The close for a room member whose layer dropped ``lost`` messages meant for it."""
+        metrics.room_messages_lost.inc(lost)
         return self.close(
             CloseCode.TRY_AGAIN_LATER,
             f"fell behind: {lost} room message(s) lost, reconnect",

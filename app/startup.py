@@ -18,16 +18,19 @@ class StartupError(Exception):
 
 
 def check_startup(*, host: str, port: int, workers: int | None = None) -> None:
-    """Raise ``StartupError`` for a busy port, a failing system check or an unusable REDIS_URL."""
+    """Raise ``StartupError`` for a busy port, a failing system check or an unusable Redis."""
     _check_port(host, port)
     errors = [m for m in checks.run_checks() if m.level >= checks.ERROR]
     if errors:
         raise StartupError("; ".join(f"{m.id}: {m.msg}" for m in errors))
     if settings.REDIS_URL:
         _check_redis(settings.REDIS_URL)
+    elif settings.REDIS_SENTINELS:
+        _check_sentinels()
     elif workers and workers > 1:
         raise StartupError(
-            f"--workers {workers} needs REDIS_URL: the in-memory channel layer cannot reach across processes"
+            f"--workers {workers} needs REDIS_URL or REDIS_SENTINELS: the in-memory channel layer"
+            " cannot reach across processes"
         )
 
 
@@ -50,6 +53,17 @@ def _check_redis(url: str) -> None:
     if parsed.scheme not in {"redis", "rediss", "unix"}:
         raise StartupError(f"REDIS_URL {url!r} is not a redis://, rediss:// or unix:// URL")
     try:
-        ping_redis(url, timeout=2)
+        ping_redis(timeout=2)
     except (RedisError, ValueError, OSError) as error:
         raise StartupError(f"REDIS_URL {url!r} is unreachable: {error}") from None
+
+
+def _check_sentinels() -> None:
+    try:
+        ping_redis(timeout=2)
+    except (RedisError, ValueError, OSError) as error:
+        sentinels = ",".join(f"{host}:{port}" for host, port in settings.REDIS_SENTINELS)
+        raise StartupError(
+            f"REDIS_SENTINELS {sentinels} give no reachable master"
+            f" {settings.REDIS_SENTINEL_MASTER!r}: {error}"
+        ) from None

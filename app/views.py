@@ -1,16 +1,23 @@
 """HTTP views: the demo page, health, trace tokens, and a clear answer to plain HTTP on /ws/."""
 
+import hmac
+import ipaddress
+import logging
+
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST, require_safe
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.dispatch import live
 from app.layers import ping_redis
 from app.tracing import issue_token
+
+logger = logging.getLogger("app.views")
 
 
 @require_safe
@@ -57,14 +64,49 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def channel_layer_reachable(layer) -> bool:
-    """True for the in-memory layer; for Redis, whether REDIS_URL answers a PING within 1 s."""
+    """True for the in-memory layer; for Redis, whether its master answers a PING within 1 s."""
     if layer is None or isinstance(layer, InMemoryChannelLayer):
         return True
     try:
-        ping_redis(settings.REDIS_URL, timeout=1)
+        ping_redis(timeout=1)
     except (RedisError, OSError, ValueError):
         return False
     return True
+
+
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics of every worker (app/metrics.py), to whom ``METRICS_ACCESS`` allows."""
+    if settings.METRICS_ACCESS == "off":
+        raise Http404("metrics are off (METRICS_ACCESS=off)")
+    if settings.METRICS_ACCESS == "token":
+        offered = request.headers.get("Authorization", "")
+        expected = f"Bearer {settings.METRICS_TOKEN}"
+        if not hmac.compare_digest(offered.encode(), expected.encode()):
+            logger.warning(
+                "refused /metrics to %s: no valid bearer token", request.META.get("REMOTE_ADDR")
+            )
+            response = HttpResponse("401 Unauthorized: a bearer token is required\n", status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    elif not is_loopback(request.META.get("REMOTE_ADDR", "")):
+        logger.warning(
+            "refused /metrics to %s: not a loopback address", request.META.get("REMOTE_ADDR")
+        )
+        return HttpResponse(
+            "403 Forbidden: /metrics answers loopback clients only (METRICS_ACCESS)\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 @require_POST

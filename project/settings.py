@@ -27,6 +27,17 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_addresses(name: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as (host, port) pairs."""
+    pairs = []
+    for item in env_list(name, ""):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ImproperlyConfigured(f"{name}: {item!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -131,8 +142,24 @@ CHANNEL_EXPIRY = env_int("CHANNEL_EXPIRY", 60)
 CHANNEL_CAPACITY_BYTES = env_int("CHANNEL_CAPACITY_BYTES", 16 * 1024 * 1024)
 # redis-py 8 reads with a 5 s socket_timeout by default, the same 5 s that channels-redis blocks
 # in BZPOPMIN, so every idle receive fails with TimeoutError (channels_redis#422): read longer.
-REDIS_HOST = {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
-if not REDIS_URL:
+REDIS_TIMEOUTS = {"socket_timeout": 15, "socket_connect_timeout": 5}
+# Redis behind Sentinel: REDIS_SENTINELS=host:port[,host:port...] (instead of REDIS_URL) and
+# REDIS_SENTINEL_MASTER; channels-redis asks the sentinels for the master on every new connection.
+REDIS_SENTINELS = env_addresses("REDIS_SENTINELS")
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "mymaster")
+if REDIS_SENTINELS:
+    REDIS_HOST = {
+        "sentinels": REDIS_SENTINELS,
+        "master_name": REDIS_SENTINEL_MASTER,
+        # Asking a sentinel must fail fast: a dead one is skipped for the next.
+        "sentinel_kwargs": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        **REDIS_TIMEOUTS,
+    }
+else:
+    REDIS_HOST = {"address": REDIS_URL, **REDIS_TIMEOUTS}
+#: Whether rooms go through Redis (REDIS_URL or REDIS_SENTINELS), so across processes.
+REDIS_ENABLED = bool(REDIS_URL or REDIS_SENTINELS)
+if not REDIS_ENABLED:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "app.layers.BoundedInMemoryChannelLayer",
@@ -188,6 +215,17 @@ SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
 #: While every lane is running a handler, a new connection opens a new lane, up to this many.
 SYNC_CONSUMER_MAX_THREADS = env_int("SYNC_CONSUMER_MAX_THREADS", 256)
 
+#: Who may read /metrics: "loopback" (clients on this host; behind a proxy, the forwarded
+#: address counts), "token" (an ``Authorization: Bearer $METRICS_TOKEN`` header) or "off" (404).
+METRICS_ACCESS = os.environ.get("METRICS_ACCESS", "loopback").strip().lower()
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_ACCESS not in {"loopback", "token", "off"}:
+    raise ImproperlyConfigured(
+        f"METRICS_ACCESS={METRICS_ACCESS!r}: expected loopback, token or off"
+    )
+if METRICS_ACCESS == "token" and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_ACCESS=token needs METRICS_TOKEN of at least 16 characters")
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
@@ -196,7 +234,8 @@ LOGGING = {
     "formatters": {
         "plain": {
             "()": "app.logs.EscapingFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            # The process id tells apart the workers of `serve --workers N`.
+            "fmt": "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
         }
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},

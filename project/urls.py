@@ -5,6 +5,7 @@ from app import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("trace/token", views.trace_token, name="trace-token"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -19,8 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.servers import ROOT, LiveServer, free_port
 
@@ -59,6 +62,10 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -
     raise TimeoutError(f"nginx did not open port {port}")
 
 
+#: The connection's log line ("accepted"), with the worker's process id (settings' log format).
+ACCEPTED = r"app\.ws\[(\d+)\] \[ws#\d+ \w+ {address}:\d+ \S+\] accepted"
+
+
 class Stack:
     def __init__(self, server: LiveServer, https_port: int, http_port: int, cert: Path):
         self.server, self.https_port, self.http_port = server, https_port, http_port
@@ -71,6 +78,45 @@ class Stack:
     def ws(self, path: str, **kwargs):
         kwargs.setdefault("origin", self.origin)
         return connect(self.url(path), ssl=self.context, **kwargs)
+
+    def worker_of(self, address: str) -> int:
+        """The process id of the worker that accepted the client from ``address``."""
+        return int(self.server.wait_for_log(ACCEPTED.format(address=re.escape(address))).group(1))
+
+    def scrape(self) -> dict[tuple[str, tuple], float]:
+        """/metrics from the upstream port (as Prometheus scrapes it): {(name, labels): value}.
+
+        A new TCP connection each time, so successive scrapes reach either worker.
+        """
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        text = response.read().decode()
+        connection.close()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+
+async def clients_on_both_workers(stack: Stack, path: str, *, subnet: int, most: int = 40):
+    """Clients from 127.0.<subnet>.1, .2, ... until each of the two workers holds two (the
+    kernel decides which worker accepts); {worker pid: [connections]}."""
+    by_worker: dict[int, list] = {}
+    for host in range(1, most + 1):
+        address = f"127.0.{subnet}.{host}"
+        ws = await stack.ws(path, local_addr=(address, 0))
+        by_worker.setdefault(stack.worker_of(address), []).append(ws)
+        if len(by_worker) == 2 and all(len(group) >= 2 for group in by_worker.values()):
+            return by_worker
+    await close_all([ws for group in by_worker.values() for ws in group])
+    raise AssertionError(f"{most} connections did not reach both workers: {list(by_worker)}")
+
+
+async def close_all(connections) -> None:
+    await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +199,17 @@ async def test_an_idle_websocket_outlives_three_read_timeouts_thanks_to_the_serv
         assert await ws.recv() == "still here"
 
 
-async def test_rooms_work_through_nginx_with_two_workers_on_one_redis(stack):
+async def test_rooms_work_through_nginx_across_both_workers_on_one_redis(stack):
     room = f"nginx-{time.monotonic_ns()}"
-    members = [await stack.ws(f"/ws/broadcast/async/{room}/").__aenter__() for _ in range(6)]
+    by_worker = await clients_on_both_workers(stack, f"/ws/broadcast/async/{room}/", subnet=10)
+    members = [ws for group in by_worker.values() for ws in group]
     try:
-        await members[0].send("to the room")
-        for ws in members:
-            assert await asyncio.wait_for(ws.recv(), 5) == "to the room"
+        for group in by_worker.values():  # a message from a member of each worker reaches all
+            await group[0].send(f"from {group[0].local_address}")
+            for ws in members:
+                assert await asyncio.wait_for(ws.recv(), 5) == f"from {group[0].local_address}"
     finally:
-        for ws in members:
-            await ws.close()
-    pids = set(re.findall(r"Started server process \[(\d+)\]", stack.server.log()))
-    assert (
-        len(pids) == 2
-    )  # two workers serve, sharing Redis (which one took a member is the kernel's)
+        await close_all(members)
 
 
 async def test_plain_http_redirects_and_https_sends_hsts_and_healthz(stack):
@@ -183,3 +226,117 @@ async def test_plain_http_redirects_and_https_sends_hsts_and_healthz(stack):
     assert health.status == 200
     assert health.headers["Strict-Transport-Security"].startswith("max-age=31536000")
     assert b'"status": "ok"' in health.read()
+
+
+async def test_metrics_report_every_workers_connections_and_messages_in_each_scrape(stack):
+    consumer = (("consumer", "EchoSyncConsumer"),)
+    open_key = ("channels_echo_websocket_connections", consumer)
+    received_key = ("channels_echo_websocket_messages_received_total", consumer)
+    bytes_key = ("channels_echo_websocket_received_bytes_total", consumer)
+    before = stack.scrape()
+    by_worker = await clients_on_both_workers(stack, "/ws/echo/sync/", subnet=30)
+    clients = [ws for group in by_worker.values() for ws in group]
+    try:
+        for ws in clients:
+            for _ in range(3):
+                await ws.send("12345")
+                assert await ws.recv() == "12345"
+        want = {
+            open_key: before.get(open_key, 0) + len(clients),
+            received_key: before.get(received_key, 0) + 3 * len(clients),
+            bytes_key: before.get(bytes_key, 0) + 15 * len(clients),
+        }
+        deadline = time.monotonic() + 10  # sums reach the files within a second (FLUSH_INTERVAL)
+        while True:
+            scrapes = [stack.scrape() for _ in range(6)]  # either worker answers each
+            got = [{key: scrape.get(key) for key in want} for scrape in scrapes]
+            if all(values == want for values in got) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)  # poll interval while the workers flush
+        assert got == [want] * 6
+    finally:
+        await close_all(clients)
+
+
+async def test_nginx_does_not_expose_metrics(stack):
+    secure = http.client.HTTPSConnection(
+        "127.0.0.1", stack.https_port, timeout=5, context=stack.context
+    )
+    secure.request("GET", "/metrics")
+    assert secure.getresponse().status == 404
+
+
+async def test_the_page_over_https_echoes_on_both_consumers_and_joins_a_room_across_workers(
+    stack,
+):
+    from playwright.async_api import async_playwright, expect
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    room = f"browser-{time.monotonic_ns()}"
+    by_worker = await clients_on_both_workers(stack, f"/ws/broadcast/sync/{room}/", subnet=40)
+    members = [group[0] for group in by_worker.values()]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        context = await browser.new_context(ignore_https_errors=True)  # the throwaway certificate
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(stack.origin + "/")
+        state, received = page.locator("#state"), page.locator("#log li[data-kind='received']")
+        for kind in ("async", "sync"):
+            await page.select_option("#consumer", kind)
+            await page.click("#connect")
+            await expect(state).to_have_text("open")
+            await page.fill("#text", f"wss {kind}")
+            await page.press("#text", "Enter")
+            await expect(received.last).to_contain_text(f"wss {kind}")
+            await page.fill("#binary-size", "300")
+            await page.click("#send-binary")
+            await expect(received.last).to_contain_text("binary, 300 bytes")
+            await page.click("#close")
+            await expect(state).to_have_text("closed")
+        await page.select_option("#mode", "room")
+        await page.fill("#room", room)
+        await page.click("#connect")
+        await expect(state).to_have_text("open")
+        for ws in members:  # one member on each worker: the page's own worker is one of them
+            await ws.send(f"hello from {ws.local_address[0]}")
+            await expect(received.last).to_contain_text(f"hello from {ws.local_address[0]}")
+        await page.fill("#text", "hello from the page")
+        await page.press("#text", "Enter")
+        for ws in members:
+            while (message := await asyncio.wait_for(ws.recv(), 5)) != "hello from the page":
+                assert message.startswith("hello from 127.0.40.")  # the members' own, in order
+        await browser.close()
+    await close_all([ws for group in by_worker.values() for ws in group])
+    assert errors == []
+
+
+async def test_a_rolling_restart_closes_one_workers_clients_with_1012_and_spares_the_rest(stack):
+    """SIGTERM to one worker (what `systemctl reload` does to each in turn, via uvicorn's SIGHUP):
+    its clients are told 1012 (service restart), the other worker's clients go on, and uvicorn
+    starts a replacement that serves new clients."""
+    by_worker = await clients_on_both_workers(stack, "/ws/echo/async/", subnet=50)
+    (victim, doomed), (_, spared) = sorted(by_worker.items())
+    started = stack.server.log().count("Started server process")
+    os.kill(victim, signal.SIGTERM)
+    for ws in doomed:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    for ws in spared:
+        await ws.send("not restarted")
+        assert await ws.recv() == "not restarted"
+    await close_all(spared)
+    stack.server.wait_for_log(rf"Child process \[{victim}\] died", timeout=10)
+    # the replacement: a third "Started server process" line, then it serves
+    deadline = time.monotonic() + 20
+    while stack.server.log().count("Started server process") <= started:
+        assert time.monotonic() < deadline, stack.server.log()[-2000:]
+        await asyncio.sleep(0.1)  # poll interval while uvicorn starts the replacement
+    by_worker = await clients_on_both_workers(stack, "/ws/echo/async/", subnet=51)
+    assert victim not in by_worker
+    await close_all([ws for group in by_worker.values() for ws in group])

@@ -251,6 +251,22 @@ async def test_gaps_count_per_sender_from_the_first_message_heard():
     assert gaps.lost({"sender": "a", "seq": 9}) == 2
     assert gaps.lost({"sender": "b", "seq": 2}) == 0
     assert gaps.lost({"text": "not numbered"}) == 0
+    # A number heard already (a failover can hand a message out twice) is not delivered again.
+    assert gaps.lost({"sender": "a", "seq": 9}) == Gaps.DUPLICATE
+    assert gaps.lost({"sender": "a", "seq": 7}) == Gaps.DUPLICATE
+    assert gaps.lost({"sender": "a", "seq": 10}) == 0
+
+
+async def test_a_duplicate_room_message_is_not_forwarded(communicator_factory):
+    member = communicator_factory("/ws/broadcast/async/duplicates/")
+    assert (await member.connect())[0]
+    event = {"type": "room.message", "text": "once", "sender": "other", "seq": 1}
+    for _ in range(2):
+        await member.send_input(event)
+    await member.send_input({**event, "text": "next", "seq": 2})
+    assert await member.receive_from() == "once"
+    assert await member.receive_from() == "next"
+    await member.disconnect()
 
 
 async def test_a_publisher_numbers_its_messages():

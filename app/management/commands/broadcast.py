@@ -28,7 +28,7 @@ class Command(BaseCommand):
         layer = get_channel_layer()
         if layer is None or isinstance(layer, InMemoryChannelLayer):
             raise CommandError(
-                "REDIS_URL is not set: the in-memory channel layer lives inside each server process, "
+                "neither REDIS_URL nor REDIS_SENTINELS is set: the in-memory channel layer lives inside each server process, "
                 "so a command cannot reach it"
             )
         try:

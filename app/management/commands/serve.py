@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 from django.core.management.base import BaseCommand, CommandError
 
+from app.metrics import multiprocess_dir_for_serving
 from app.server import connection_cap, raise_fd_limit, uvicorn_config
 from app.startup import StartupError, check_startup
 
@@ -41,6 +42,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"open-file limit {raise_fd_limit()}: at most {connection_cap()} WebSockets per process"
         )
-        uvicorn.run(
-            **{**uvicorn_config(host=host, port=port, reload=reload, workers=workers), "app": app}
-        )
+        # One set of metrics for all processes (app/metrics.py); each worker is a new process
+        # and reads this before it imports prometheus_client.
+        with multiprocess_dir_for_serving():
+            uvicorn.run(
+                **{
+                    **uvicorn_config(host=host, port=port, reload=reload, workers=workers),
+                    "app": app,
+                }
+            )
