@@ -45,8 +45,9 @@ def cluster():
     started = [master, replica]
     try:
         wait_until(
-            lambda: redis.Redis(port=replica.port).info("replication")["master_link_status"]
-            == "up",
+            lambda: (
+                redis.Redis(port=replica.port).info("replication")["master_link_status"] == "up"
+            ),
             10,
             "the replica synced",
         )
