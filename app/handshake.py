@@ -91,12 +91,13 @@ class LoggedOriginValidator(OriginValidator):
         if raw is None and self.allow_missing:
             return await self.application(scope, receive, send)
         origin = raw.decode("latin-1") if raw is not None else None
-        if origin is not None and self._allowed(origin):
+        if origin is not None and self.allows(origin):
             return await self.application(scope, receive, send)
         why = f"Origin {origin!r} is not allowed" if origin is not None else "no Origin header"
         return await refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why, reason="origin")
 
-    def _allowed(self, origin: str) -> bool:
+    def allows(self, origin: str) -> bool:
+        """Whether ``origin`` (the header's value) is one of the allowed Origins."""
         try:
             return self.valid_origin(urlparse(origin))
         except ValueError:  # "http://[", a port out of range: not a URL, so not allowed

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import bisect
 import contextlib
 import os
 import re
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter
@@ -133,13 +133,6 @@ def text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def payload_size(message: Message) -> int:
-    text = message.get("text")
-    if text is not None:
-        return text_bytes(text)
-    return len(message.get("bytes") or b"")
-
-
 class ConsumerStats:
     """One consumer class's per-message sums in this process, between two flushes.
 
@@ -213,14 +206,20 @@ class Connection:
 
     def handled(self, message: Message, started: float) -> None:
         """Count a message whose handler began at ``started`` (``perf_counter``) and has ended."""
-        stats = self.stats
+        # Inlined rather than in a helper: this runs for every message (see the module).
         elapsed = perf_counter() - started
+        stats = self.stats
         stats.handler_total += elapsed
-        stats.handler_counts[bisect.bisect_left(HANDLER_BUCKETS, elapsed)] += 1
+        stats.handler_counts[bisect_left(HANDLER_BUCKETS, elapsed)] += 1
         kind = message["type"]
         if kind == "websocket.receive":
             stats.messages_in += 1
-            stats.bytes_in += payload_size(message)
+            text = message.get("text")
+            if type(text) is str:
+                stats.bytes_in += len(text) if text.isascii() else text_bytes(text)
+            else:  # bytes, or a malformed event (the consumer refuses it; counting must not fail)
+                data = message.get("bytes")
+                stats.bytes_in += len(data) if isinstance(data, bytes | bytearray) else 0
         elif kind == "websocket.disconnect":
             self.disconnected(message)
 
@@ -230,7 +229,12 @@ class Connection:
         if kind == "websocket.send":
             stats = self.stats
             stats.messages_out += 1
-            stats.bytes_out += payload_size(message)
+            text = message.get("text")
+            if type(text) is str:
+                stats.bytes_out += len(text) if text.isascii() else text_bytes(text)
+            else:  # bytes, or a malformed event (the consumer refuses it; counting must not fail)
+                data = message.get("bytes")
+                stats.bytes_out += len(data) if isinstance(data, bytes | bytearray) else 0
         elif kind == "websocket.accept":
             self._opened()
         elif kind == "websocket.close" and self.open and not self.closed_by_server:

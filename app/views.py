@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from app import metrics
 from app.dispatch import live
+from app.explain import explain
 from app.layers import ping_redis
 from app.tracing import issue_token
 
@@ -107,6 +108,25 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+@require_safe
+def handshake_check(request: HttpRequest) -> JsonResponse:
+    """Which of the handshake's rules would refuse ``?path=...&subprotocols=a,b&origin=...``
+    (app/explain.py): the page asks when a connection fails before it opens."""
+    path = request.GET.get("path", "")
+    if not path.startswith("/"):
+        return JsonResponse({"error": "path must be an absolute path, /ws/..."}, status=400)
+    verdict = explain(
+        path=path,
+        origin=request.GET.get("origin") or None,
+        subprotocols=[
+            p.strip() for p in request.GET.get("subprotocols", "").split(",") if p.strip()
+        ],
+        session=request.session,
+        layer_reachable=lambda: channel_layer_reachable(get_channel_layer()),
+    )
+    return JsonResponse(verdict.as_dict())
 
 
 @require_POST

@@ -5,6 +5,11 @@
 Checks the ref out into a temporary worktree, serves both trees under uvicorn side by side,
 and runs the same ping-pong on each echo route in alternating order, so that a change can be
 shown to be within noise (used for tracing: untraced echo must pay nothing). Prints JSON.
+
+Two figures per run: throughput (msg/s), and the server process's CPU time per message (user
+plus system, from /proc). On a shared machine throughput moves with the neighbours' load (one
+run here spread 12,600-25,400 msg/s on one commit); the CPU a message costs the server moves far
+less, so it is the figure for a per-message cost of a few percent.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ def main() -> None:
             results: dict[str, dict[str, list[float]]] = {
                 name: {"sync": [], "async": []} for name in servers
             }
+            cpu_results: dict[str, dict[str, list[float]]] = {
+                name: {"sync": [], "async": []} for name in servers
+            }
             try:
                 for server in servers.values():
                     server.wait_ready()
@@ -57,11 +65,18 @@ def main() -> None:
                     for name in order:
                         for kind in ("async", "sync"):
                             url = f"{servers[name].ws_url}/ws/echo/{kind}/"
+                            cpu = cpu_seconds(servers[name].process.pid)
                             figures = run_client("pingpong", "--url", url, "--connections", str(args.connections),
                                                  "--messages", str(args.messages), timeout=300)  # fmt: skip
+                            cpu_us = (
+                                (cpu_seconds(servers[name].process.pid) - cpu)
+                                / figures["messages"]
+                                * 1e6
+                            )
                             results[name][kind].append(figures["msgs_per_s"])
-                            print(f"round {round_ + 1} {name:6} {kind:5}: {figures['msgs_per_s']:,.0f} msg/s",
-                                  file=sys.stderr, flush=True)  # fmt: skip
+                            cpu_results[name][kind].append(cpu_us)
+                            print(f"round {round_ + 1} {name:6} {kind:5}: {figures['msgs_per_s']:,.0f} msg/s, "
+                                  f"{cpu_us:.1f} us CPU/msg", file=sys.stderr, flush=True)  # fmt: skip
             finally:
                 for server in servers.values():
                     server.stop()
@@ -81,8 +96,21 @@ def main() -> None:
             "before_spread": (min(before), max(before)),
             "after_spread": (min(after), max(after)),
         }
+        cpu_before, cpu_after = cpu_results["before"][kind], cpu_results["after"][kind]
+        summary[kind]["cpu_us_per_message"] = {
+            "before_median": statistics.median(cpu_before),
+            "after_median": statistics.median(cpu_after),
+            "ratio": statistics.median(cpu_after) / statistics.median(cpu_before),
+        }
     print(json.dumps({"before": args.before, "connections": args.connections, "rounds": args.rounds,
-                      "results": results, "summary": summary}, indent=1))  # fmt: skip
+                      "results": results, "cpu_us_per_message": cpu_results, "summary": summary},
+                     indent=1))  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics_view, name="metrics"),
+    path("handshake-check", views.handshake_check, name="handshake-check"),
     path("trace/token", views.trace_token, name="trace-token"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

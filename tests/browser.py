@@ -34,3 +34,25 @@ def chromium_missing() -> str | None:
 def launch(playwright):
     """A headless Chromium from ``playwright.chromium``."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+# Driving the page: the controls' ids are its interface for tests and screenshots.
+
+
+def entries(page, kind: str):
+    """The log's entries of one kind (sent, received, open, close, error, ...)."""
+    return page.locator(f"#log li[data-kind='{kind}']")
+
+
+def connect(page, kind: str, subprotocols: str = "") -> None:
+    from playwright.sync_api import expect
+
+    page.select_option("#consumer", kind)
+    page.fill("#subprotocols", subprotocols)
+    page.click("#connect")
+    expect(page.locator("#state")).to_have_text("open")
+
+
+def send_text(page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")

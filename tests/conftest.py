@@ -131,3 +131,39 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium through Playwright, for one test module (the sync API's own
+    event loop must not outlive the module's tests into asyncio tests elsewhere)."""
+    from tests.browser import chromium_missing, launch
+
+    if reason := chromium_missing():
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(request, browser, uvicorn_server):
+    """A fresh page (1280x800) on the live server; fails the test on any console error but
+    those its ``allow_console_errors(pattern)`` marker expects (a refused handshake, say)."""
+    marker = request.node.get_closest_marker("allow_console_errors")
+    allowed = re.compile(marker.args[0]) if marker else None
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(uvicorn_server.http_url + "/")
+    yield page
+    context.close()
+    errors = [e for e in errors if not (allowed and allowed.search(e))]
+    assert errors == [], f"browser console errors: {errors}"

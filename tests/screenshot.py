@@ -29,16 +29,21 @@ def conversation(page) -> None:
     expect(page.locator("#state")).to_have_text("open")
     for text in [
         "hello, echo",
+        '{"type": "greeting", "items": [1, 2, 3]}',
         "non-BMP too: \U0001f600",
         '<img src=x onerror="alert(1)"> stays text',
     ]:
         page.fill("#text", text)
         page.press("#text", "Enter")
+    was_open = page.evaluate("document.getElementById('more-send').open")
+    page.evaluate("document.getElementById('more-send').open = true")  # closed on a phone
     page.fill("#binary-size", "4096")
     page.click("#send-binary")
-    expect(page.locator("#log li[data-kind='received']")).to_have_count(4)
-    expect(page.locator("#log li[data-side='server']")).to_have_count(10)
+    page.evaluate(f"document.getElementById('more-send').open = {str(was_open).lower()}")
+    expect(page.locator("#log li[data-kind='received']")).to_have_count(5)
+    expect(page.locator("#log li[data-side='server']")).to_have_count(12)
     page.locator("#log li[data-side='server']").nth(2).locator("summary").click()
+    page.locator("#log li[data-kind='received'] .view-json summary").first.click()
     page.fill("#text", "type here, Enter sends")
 
 

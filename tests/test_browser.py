@@ -6,61 +6,23 @@ import re
 
 import pytest
 
-from tests.browser import chromium_missing, launch
+from tests.browser import chromium_missing
 
 pytestmark = pytest.mark.browser
 
 if reason := chromium_missing():
     pytest.skip(reason, allow_module_level=True)
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
+
+from tests.browser import connect, entries, send_text  # noqa: E402
 
 LIMIT = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, uvicorn_server):
-    """A fresh page on the live server; fails the test if the console showed any error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on(
-        "console", lambda message: errors.append(message.text) if message.type == "error" else None
-    )
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(uvicorn_server.http_url + "/")
-    yield page
-    context.close()
-    assert errors == [], f"browser console errors: {errors}"
 
 
 @pytest.fixture(params=["sync", "async"])
 def kind(request) -> str:
     return request.param
-
-
-def entries(page: Page, kind: str):
-    return page.locator(f"#log li[data-kind='{kind}']")
-
-
-def connect(page: Page, kind: str, subprotocols: str = "") -> None:
-    page.select_option("#consumer", kind)
-    page.fill("#subprotocols", subprotocols)
-    page.click("#connect")
-    expect(page.locator("#state")).to_have_text("open")
-
-
-def send_text(page: Page, text: str) -> None:
-    page.fill("#text", text)
-    page.press("#text", "Enter")
 
 
 def test_connect_shows_the_negotiated_subprotocol(page, kind):

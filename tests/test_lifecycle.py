@@ -67,7 +67,7 @@ async def test_runserver_serves_the_page_and_both_routes(server_env):
     import urllib.request
 
     with LiveServer("runserver", env=server_env) as server:
-        with urllib.request.urlopen(f"{server.http_url}/static/app.js", timeout=5) as response:
+        with urllib.request.urlopen(f"{server.http_url}/static/js/main.js", timeout=5) as response:
             assert response.status == 200
         for kind in ("sync", "async"):
             async with connect(f"{server.ws_url}/ws/echo/{kind}/") as ws:

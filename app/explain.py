@@ -1,0 +1,115 @@
+"""Why a WebSocket handshake would be refused: the consumers' own rules, asked over HTTP.
+
+A browser tells a page nothing about a refused handshake: the ``error`` event has no detail and
+the ``close`` event says 1006 whatever the cause (a 403, a 404, a 400, a subprotocol the server
+did not pick). The page asks ``/handshake-check`` instead, which runs the same checks the
+handshake runs, in the same order, with the same functions, and says which one refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+
+from django.conf import settings
+
+from app.handshake import allowed_hosts_origin_validator
+from app.rooms import InvalidRoom, Room
+from app.session import choose_subprotocol
+from app.tracing import token_valid
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the handshake would answer: ``ok``, or the ``rule`` that refuses and why."""
+
+    ok: bool
+    status: int  # the HTTP status of the refusal (101 when accepted)
+    rule: str  # route, origin, room, subprotocol, trace_token, layer, or "" when accepted
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def refused(status: HTTPStatus | int, rule: str, reason: str) -> Verdict:
+    return Verdict(ok=False, status=int(status), rule=rule, reason=reason)
+
+
+def explain(
+    *,
+    path: str,
+    origin: str | None,
+    subprotocols: list[str],
+    session,
+    layer_reachable,
+) -> Verdict:
+    """The verdict on a handshake to ``path``, checked in the order the stack checks it:
+    Origin (project/asgi.py's validator), route (app/routing.py), room name, channel layer,
+    a trace socket's token, then the subprotocol the consumer would pick."""
+    from app.routing import websocket_urlpatterns
+
+    if origin is not None and not allowed_hosts_origin_validator(None).allows(origin):
+        hosts = ", ".join(settings.ALLOWED_HOSTS) or "localhost, 127.0.0.1"
+        return refused(
+            HTTPStatus.FORBIDDEN,
+            "origin",
+            f"the Origin {origin!r} is not allowed: the server allows pages from {hosts}"
+            " (DJANGO_ALLOWED_HOSTS)",
+        )
+    route = resolve(websocket_urlpatterns, path)
+    if route is None:
+        return refused(
+            HTTPStatus.NOT_FOUND,
+            "route",
+            f"no WebSocket route at {path}: the routes are /ws/echo/sync/, /ws/echo/async/,"
+            " /ws/broadcast/sync/ROOM/ and /ws/broadcast/async/ROOM/",
+        )
+    name, kwargs = route
+    if "room" in kwargs:
+        try:
+            Room.named(kwargs["room"])
+        except InvalidRoom as error:
+            return refused(HTTPStatus.BAD_REQUEST, "room", f"invalid room name: {error}")
+        if not layer_reachable():
+            return refused(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "layer",
+                "the channel layer (Redis) is unreachable: rooms are refused until it is back;"
+                " echo still works",
+            )
+    if name == "trace" and not token_valid(session, kwargs["token"]):
+        return refused(
+            HTTPStatus.FORBIDDEN,
+            "trace_token",
+            "the trace token was not issued to this browser session, or has expired:"
+            " connect again with Trace ticked for a new one",
+        )
+    supported = list(settings.ECHO_SUBPROTOCOLS)
+    if name != "trace" and subprotocols and choose_subprotocol(subprotocols, supported) is None:
+        return refused(
+            HTTPStatus.SWITCHING_PROTOCOLS,
+            "subprotocol",
+            f"the server speaks {', '.join(supported) or 'no subprotocol'} and none of"
+            f" {', '.join(subprotocols)}: it accepts without a subprotocol, and a browser that"
+            " offered some fails such a handshake. Offer one it speaks, or none",
+        )
+    return Verdict(
+        ok=True,
+        status=int(HTTPStatus.SWITCHING_PROTOCOLS),
+        rule="",
+        reason="the server's rules accept this handshake; if it still failed, something between"
+        " (a proxy, the network) or a limit (connections per process or per address) refused it",
+    )
+
+
+def resolve(patterns, path: str) -> tuple[str, dict[str, str]] | None:
+    """The name and keyword arguments of the route ``path`` reaches, as URLRouter matches it;
+    None for the catch-all (``unknown_route``)."""
+    relative = path.lstrip("/")
+    for pattern in patterns:
+        match = pattern.pattern.match(relative)
+        if match and pattern.name:
+            _, _, kwargs = match
+            return pattern.name, kwargs
+    return None

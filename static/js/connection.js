@@ -1,0 +1,248 @@
+// One WebSocket connection and its state machine. Every path (refused, failed, traced or not,
+// the server gone, closed by either side) ends in a defined state; a transition that the table
+// does not allow is a bug, and throws.
+//
+//   closed --connect--> preparing (getting a trace token) --> connecting --> open --> closing
+//     ^                     |                                     |            |         |
+//     +---------------------+-------------------------------------+------------+---------+
+//   closed --(auto-reconnect on, not closed by the page)--> waiting --timer--> preparing/connecting
+
+import { byteSize, closeName, contentKey } from "./format.js";
+
+const NEXT = {
+  closed: ["preparing", "connecting", "waiting"],
+  preparing: ["connecting", "closed"],
+  connecting: ["open", "closing", "closed"],
+  open: ["closing", "closed"],
+  closing: ["closed"],
+  waiting: ["preparing", "connecting", "closed"],
+};
+const PENDING_LIMIT = 10000;  // sends waiting for their echo, for round-trip times
+const BACKOFF = { first: 500, most: 30000 };  // ms: 0.5 s, doubling, at most 30 s
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+export class Connection {
+  // onState(state), log (a Log), onError(message): what the page shows.
+  constructor({ log, onState, onError }) {
+    Object.assign(this, { log, onState, onError });
+    this.state = "closed";
+    this.generation = 0;  // which connect() a late callback belongs to
+    this.socket = null;
+    this.trace = null;
+    this.options = null;
+    this.pending = new Map();  // content key -> [{at, id}] of sends awaiting their echo
+    this.pendingCount = 0;
+    this.attempt = 0;
+    this.timer = 0;
+    this.stats = { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null };
+  }
+
+  set(state) {
+    if (!NEXT[this.state].includes(state)) throw new Error(`connection: ${this.state} -> ${state} is not a transition`);
+    this.state = state;
+    this.onState(state);
+  }
+
+  // options: {mode, consumer, room, subprotocols (list), traced, reconnect}
+  async connect(options) {
+    if (this.state !== "closed" && this.state !== "waiting") return;
+    clearTimeout(this.timer);
+    this.stopTrace();  // the last connection's trace socket stays open for its last records until now
+    const generation = ++this.generation;
+    this.options = options;
+    this.closedByPage = false;
+    this.log.traceStart = null;
+    Object.assign(this.stats, { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null });
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const path = options.mode === "room"
+      ? `/ws/broadcast/${options.consumer}/${encodeURIComponent(options.room)}/`
+      : `/ws/echo/${options.consumer}/`;
+    let query = "";
+    if (options.traced) {
+      this.set("preparing");
+      try {
+        this.trace = await this.openTrace(scheme);
+        query = `?trace=${encodeURIComponent(this.trace.token)}`;
+      } catch (err) {
+        this.stopTrace();
+        this.fail(`cannot trace: ${err.message}`);
+        this.set("closed");
+        await this.explain(path, options.subprotocols);
+        this.ended(generation);
+        return;
+      }
+    }
+    this.set("connecting");
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}://${location.host}${path}${query}`, options.subprotocols);
+    } catch (err) {  // the page validates first; this is the browser's own refusal
+      this.stopTrace();
+      this.fail(`cannot connect: ${err.message}`);
+      this.set("closed");
+      this.ended(generation);
+      return;
+    }
+    this.socket = ws;
+    ws.binaryType = "arraybuffer";
+    this.pending.clear();
+    this.pendingCount = 0;
+    const offered = options.subprotocols.length ? ` offering ${options.subprotocols.join(", ")}` : " with no subprotocol";
+    // The trace token stays out of the log, as it does in the server's scope summary.
+    this.log.add({ kind: "connecting", summary: `${scheme}://${location.host}${path}${query ? "?trace=(token)" : ""}${offered}` });
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      this.attempt = 0;
+      this.stats.since = new Date();
+      this.set("open");
+      const where = options.mode === "room" ? ` in room ${options.room}` : "";
+      this.log.add({ kind: "open", summary: `connected to the ${options.consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}` });
+    });
+    ws.addEventListener("message", (msg) => this.received(msg.data));
+    ws.addEventListener("close", async (ev) => {
+      if (this.socket === ws) this.socket = null;
+      this.stats.since = null;
+      this.set("closed");
+      const reason = ev.reason ? ` reason "${ev.reason}"` : " no reason";
+      this.log.add({ kind: "close", summary: `code ${ev.code} (${closeName(ev.code)})${reason}, wasClean ${ev.wasClean}` });
+      if (!opened && !this.closedByPage) {
+        this.stopTrace();  // nothing to trace: no connection
+        this.fail("the handshake failed (a browser reports only 1006); asking the server why\u2026");
+        await this.explain(path, options.subprotocols);
+      }
+      this.ended(generation);
+    });
+  }
+
+  // After a connection ends: wait and reconnect if the page asked for it and did not close.
+  ended(generation) {
+    if (generation !== this.generation || this.state !== "closed") return;  // a newer connect() took over
+    if (!this.options.reconnect || this.closedByPage) return;
+    const delay = Math.min(BACKOFF.most, BACKOFF.first * 2 ** this.attempt);
+    this.attempt += 1;
+    this.set("waiting");
+    this.log.add({ kind: "reconnect", summary: `reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${this.attempt}); Close cancels` });
+    this.timer = setTimeout(() => this.connect(this.options), delay);
+  }
+
+  close(code, reason) {
+    this.closedByPage = true;
+    if (this.state === "waiting") {
+      clearTimeout(this.timer);
+      this.set("closed");
+      this.log.add({ kind: "reconnect", summary: "reconnecting cancelled" });
+      return;
+    }
+    if (!this.socket) return;
+    this.socket.close(code, reason);  // validated by the page first
+    this.set("closing");
+    this.log.add({ kind: "closing", summary: `code ${code} (${closeName(code)})` + (reason ? ` reason "${reason}"` : "") });
+  }
+
+  send(data, summary, extra = {}) {
+    if (this.state !== "open") {
+      this.fail("not connected: press Connect first");
+      return false;
+    }
+    const size = byteSize(data);
+    const entry = this.log.add({ kind: "sent", summary, ...extra });
+    if (this.options.mode === "echo") this.expectEcho(data, entry.id);
+    this.socket.send(data);
+    this.stats.sentMessages += 1;
+    this.stats.sentBytes += size;
+    return true;
+  }
+
+  expectEcho(data, id) {
+    if (this.pendingCount >= PENDING_LIMIT) {  // echoes that never came back (daphne drops empty ones)
+      this.pending.clear();
+      this.pendingCount = 0;
+    }
+    const key = contentKey(data);
+    const list = this.pending.get(key);
+    const sent = { at: performance.now(), id };
+    if (list) list.push(sent); else this.pending.set(key, [sent]);
+    this.pendingCount += 1;
+  }
+
+  // The send an echo answers: the oldest with the same content (the echo keeps order), so a
+  // message the server dropped leaves no gap in the pairing of the others.
+  matchEcho(data) {
+    if (this.options.mode !== "echo") return null;
+    const key = contentKey(data);
+    const list = this.pending.get(key);
+    if (!list) return null;
+    const sent = list.shift();
+    if (!list.length) this.pending.delete(key);
+    this.pendingCount -= 1;
+    return sent;
+  }
+
+  received(data) {
+    const now = performance.now();
+    this.lastReceivedAt = now;  // read by the browser tests: render time after the last message
+    const size = byteSize(data);
+    const sent = this.matchEcho(data);
+    const rtt = sent ? ` in ${(now - sent.at).toFixed(1)} ms (echo of #${sent.id})` : "";
+    this.stats.receivedMessages += 1;
+    this.stats.receivedBytes += size;
+    if (typeof data === "string") {
+      this.log.add({ kind: "received", summary: `text, ${size} bytes${rtt}`, text: data, rtt: sent ? now - sent.at : undefined });
+    } else {
+      const bytes = new Uint8Array(data, 0, Math.min(size, 4096));
+      this.log.add({ kind: "received", summary: `binary, ${size} bytes${rtt}`, bytes: bytes.slice(), size, rtt: sent ? now - sent.at : undefined });
+    }
+  }
+
+  fail(message) {
+    this.log.add({ kind: "error", summary: message });
+    this.onError(message);
+  }
+
+  // Ask the server which of its handshake rules refuses this connection (app/explain.py).
+  async explain(path, subprotocols) {
+    const query = new URLSearchParams({ path, subprotocols: subprotocols.join(","), origin: location.origin });
+    try {
+      const response = await fetch(`/handshake-check?${query}`, { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const verdict = await response.json();
+      const message = verdict.ok
+        ? `why: ${verdict.reason}`
+        : `why: refused by the ${verdict.rule} rule (${verdict.status}): ${verdict.reason}`;
+      this.log.add({ kind: "explain", summary: message });
+      this.onError(message);
+    } catch (err) {
+      const message = `why: the server at ${location.host} is not answering (${err.message}): is it running?`;
+      this.log.add({ kind: "explain", summary: message });
+      this.onError(message);
+    }
+  }
+
+  // A trace token bound to this browser's session, and the socket its records arrive on.
+  async openTrace(scheme) {
+    const response = await fetch("/trace/token", { method: "POST", headers: { "X-CSRFToken": csrfToken() } });
+    if (!response.ok) throw new Error(`trace token: HTTP ${response.status}`);
+    const { token } = await response.json();
+    const listener = new WebSocket(`${scheme}://${location.host}/ws/trace/${token}/`);
+    this.trace = { token, listener };
+    await new Promise((resolve, reject) => {
+      listener.addEventListener("open", resolve, { once: true });
+      listener.addEventListener("close", () => reject(new Error("the trace socket was refused")), { once: true });
+    });
+    listener.addEventListener("message", (msg) => this.log.server(JSON.parse(msg.data)));
+    return this.trace;
+  }
+
+  stopTrace() {
+    if (this.trace) {
+      const { listener } = this.trace;
+      if (listener.readyState <= WebSocket.OPEN) listener.close(1000, "the connection ended");
+    }
+    this.trace = null;
+  }
+}

@@ -1,0 +1,425 @@
+"""The page as a WebSocket client, in headless Chromium: its state machine on every failure
+path, a log that stays fast and keeps the reader's place, the layout, refusals explained, RTT
+pairing, input bounds, accessibility (axe-core), and the tools (search, filter, JSON, hex,
+copy/export, history, snippets, auto-reconnect, expandable text).
+
+Each test that names a defect failed on the page before this rewrite (static/app.js).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser import chromium_missing, connect, entries, send_text
+
+pytestmark = pytest.mark.browser
+
+if reason := chromium_missing():
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import Page, expect  # noqa: E402
+
+LIMIT = 256 * 1024
+#: What Chromium prints for a handshake the server refuses (the tests provoke them).
+REFUSED = r"WebSocket connection to .* failed"
+
+
+def alert(page: Page):
+    return page.locator("#alert")
+
+
+def state(page: Page):
+    return page.locator("#state")
+
+
+def send_many(page: Page, text: str, times: int) -> None:
+    page.fill("#repeat", str(times))
+    send_text(page, text)
+    page.fill("#repeat", "1")
+
+
+def received_count(page: Page, count: int, timeout: float = 60_000) -> None:
+    expect(page.locator("#stats")).to_contain_text(f"received {count} msgs", timeout=timeout)
+
+
+# --- the state machine: every path ends in a defined state ---------------------------------
+
+
+def test_trace_with_an_invalid_subprotocol_is_refused_on_the_page_and_nothing_sticks(page):
+    page.check("#trace")
+    page.fill("#subprotocols", "a b")
+    page.click("#connect")
+    expect(alert(page)).to_contain_text('subprotocol "a b" is not a valid token')
+    expect(state(page)).to_have_text("closed")
+    expect(page.locator("#connect")).to_be_enabled()
+    assert page.evaluate("echoClient.connection.trace") is None  # no trace socket left open
+    page.fill("#subprotocols", "echo.v1")
+    page.click("#connect")
+    expect(state(page)).to_have_text("open")
+
+
+@pytest.mark.allow_console_errors(REFUSED)
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
+def test_a_subprotocol_the_server_does_not_pick_is_explained(page, traced):
+    page.set_checked("#trace", traced)
+    page.fill("#subprotocols", "chat.v9")
+    page.click("#connect")
+    expect(alert(page)).to_contain_text("refused by the subprotocol rule")
+    expect(alert(page)).to_contain_text("the server speaks echo.v1 and none of chat.v9")
+    expect(state(page)).to_have_text("closed")
+    expect(page.locator("#connect")).to_be_enabled()
+    assert page.evaluate("echoClient.connection.trace") is None
+
+
+def test_an_empty_room_name_is_refused_on_the_page(page):
+    page.select_option("#mode", "room")
+    page.fill("#room", "")
+    page.click("#connect")
+    expect(alert(page)).to_contain_text("room name must be 1 to 80 characters")
+    expect(state(page)).to_have_text("closed")
+    expect(page.locator("#room")).to_be_focused()
+
+
+def test_a_stopped_server_is_explained_and_the_page_can_connect_again(browser, server_env):
+    from tests.servers import LiveServer
+
+    server = LiveServer("uvicorn", env=server_env).wait_ready()
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.http_url + "/")
+    server.stop()
+    page.check("#trace")
+    page.click("#connect")
+    expect(alert(page)).to_contain_text("is not answering")
+    expect(state(page)).to_have_text("closed")
+    expect(page.locator("#connect")).to_be_enabled()
+    context.close()
+
+
+def test_auto_reconnect_backs_off_and_close_cancels_it(page):
+    page.check("#reconnect")
+    connect(page, "async")
+    page.click("#send-oversize")  # the server closes with 1009: not the page's doing
+    expect(entries(page, "reconnect").first).to_contain_text("reconnecting in 0.5 s (attempt 1)")
+    expect(entries(page, "open")).to_have_count(2)
+    expect(state(page)).to_have_text("open")
+    page.click("#close")
+    expect(state(page)).to_have_text("closed")
+    expect(entries(page, "reconnect")).to_have_count(1)  # the page closed: no reconnect
+
+
+# --- the log: fast, capped, and the reader keeps their place -------------------------------
+
+LONG_TASKS = """() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => {
+        for (const entry of list.getEntries()) window.__longTasks.push(entry.duration);
+    }).observe({ type: "longtask", buffered: false });
+}"""
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
+def test_5000_echoes_render_within_a_second_of_the_last_without_long_tasks(page, traced):
+    """The issue's target: rendered in under 1 s of main-thread work after the last message
+    arrives; no task over 200 ms while they arrive."""
+    page.set_checked("#trace", traced)
+    connect(page, "async")
+    page.evaluate(LONG_TASKS)
+    send_many(page, "a message", 5000)
+    received_count(page, 5000)  # shown by the frame that rendered the last one
+    if traced:
+        server = page.locator("#log li[data-side='server']")
+        expect(server.last).to_contain_text("websocket.send", timeout=30_000)
+    timing = page.evaluate(
+        "() => ({arrived: echoClient.connection.lastReceivedAt, drawn: echoClient.log.lastFlushAt,"
+        " tasks: window.__longTasks, shown: document.querySelectorAll('#log li').length})"
+    )
+    print(  # for docs, with -s
+        f"traced={traced}: drawn {timing['drawn'] - timing['arrived']:.0f} ms after the last,"
+        f" longest task {max(timing['tasks'], default=0):.0f} ms"
+    )
+    assert timing["drawn"] - timing["arrived"] < 1000, timing
+    assert max(timing["tasks"], default=0) < 200, timing["tasks"]
+    assert timing["shown"] <= 500  # the DOM holds the newest 500; the rest are counted
+    expect(page.locator("#older")).to_contain_text("older entries not shown")
+
+
+def test_the_log_keeps_the_readers_place_and_counts_new_entries(page):
+    connect(page, "async")
+    send_many(page, "filler", 40)
+    received_count(page, 40)
+    log = page.locator("#log")
+    log.evaluate("(el) => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+    send_many(page, "while reading", 3)
+    received_count(page, 43)
+    expect(page.locator("#new-entries")).to_have_text("6 new \u2193")  # 3 sent, 3 received
+    assert log.evaluate("(el) => el.scrollTop") == 0  # not pulled to the bottom
+    page.click("#new-entries")
+    expect(page.locator("#new-entries")).to_be_hidden()
+    assert log.evaluate("(el) => el.scrollHeight - el.scrollTop - el.clientHeight") < 24
+
+
+# --- layout: the composer and the newest entries on screen together ------------------------
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_the_text_box_and_the_newest_entry_are_on_screen_together(
+    browser, uvicorn_server, viewport
+):
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(uvicorn_server.http_url + "/")
+    connect(page, "async")
+    send_many(page, "fill the log", 40)
+    received_count(page, 40)
+
+    def on_screen(locator) -> bool:
+        box = locator.bounding_box()
+        return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= height
+
+    assert on_screen(page.locator("#text")), page.locator("#text").bounding_box()
+    assert on_screen(entries(page, "received").last), entries(page, "received").last.bounding_box()
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.fill("#close-code", "1")  # an error: its alert is on screen too
+    page.click("#close")
+    assert on_screen(alert(page))
+    context.close()
+
+
+# --- RTT pairing and close-code names ------------------------------------------------------
+
+
+def test_rtt_pairs_by_content_when_daphne_drops_an_empty_message(browser, shared_servers):
+    """daphne drops empty messages: first-in-first-out pairing then gave every later echo the
+    previous send's time."""
+    daphne = shared_servers("daphne")
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(daphne.http_url + "/")
+    connect(page, "async")
+    send_text(page, "")
+    send_text(page, "after the empty one")
+    reply = entries(page, "received").last
+    expect(reply.locator(".detail")).to_have_text("after the empty one")
+    sent_id = entries(page, "sent").last.get_attribute("data-id")
+    expect(reply).to_contain_text(f"(echo of #{sent_id})")
+    page.click("#send-oversize")
+    expect(entries(page, "close").last).to_contain_text(
+        "code 4009 (Message Too Big, mirrored for daphne)"
+    )
+    context.close()
+
+
+# --- bounds on input -----------------------------------------------------------------------
+
+
+def test_a_huge_binary_size_is_refused_on_the_page_without_freezing(page):
+    connect(page, "async")
+    page.fill("#binary-size", "3000000000")
+    page.click("#send-binary")
+    expect(alert(page)).to_contain_text("binary size must be at most 16777216 bytes")
+    expect(entries(page, "sent")).to_have_count(0)
+    assert page.evaluate("1 + 1") == 2  # the page still answers
+
+
+def test_a_close_code_the_page_may_not_send_is_refused_with_the_rule(page):
+    connect(page, "async")
+    page.fill("#close-code", "1006")
+    page.click("#close")
+    expect(alert(page)).to_contain_text("close code must be 1000 or 3000-4999")
+    expect(state(page)).to_have_text("open")
+
+
+# --- telling the user what happens ---------------------------------------------------------
+
+
+def test_changing_mode_or_trace_while_connected_says_when_it_applies(page):
+    connect(page, "async")
+    expect(page.locator("#apply-note")).to_be_hidden()
+    page.check("#trace")
+    expect(page.locator("#apply-note")).to_be_visible()
+    expect(page.locator("#apply-note")).to_contain_text("apply at the next Connect")
+
+
+def test_enter_while_disconnected_says_so(page):
+    send_text(page, "nobody listens")
+    expect(alert(page)).to_contain_text("not connected: press Connect first")
+
+
+def test_focus_moves_to_the_text_box_on_open_and_to_connect_on_close(page):
+    connect(page, "sync")
+    expect(page.locator("#text")).to_be_focused()
+    page.click("#close")
+    expect(state(page)).to_have_text("closed")
+    page.locator("#close").evaluate("(el) => el.blur()")
+    expect(page.locator("#connect")).to_be_enabled()
+
+
+def test_the_log_is_a_log_and_errors_are_alerts(page):
+    assert page.get_attribute("#log", "role") == "log"
+    assert page.get_attribute("#log", "aria-live") == "off"  # bursts are summarised instead
+    assert page.get_attribute("#alert", "role") == "alert"
+    connect(page, "async")
+    send_many(page, "burst", 20)
+    received_count(page, 20)
+    expect(page.locator("#announcer")).to_have_text(re.compile(r"\d+ new messages? received"))
+
+
+# --- accessibility -------------------------------------------------------------------------
+
+
+def axe_violations(page: Page) -> list[str]:
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [
+        f"{v['id']}: {v['help']} ({len(v['nodes'])} nodes)" for v in results.response["violations"]
+    ]
+
+
+def test_axe_finds_no_violations_in_any_state(browser, uvicorn_server):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(uvicorn_server.http_url + "/")
+    found: dict[str, list[str]] = {"initial": axe_violations(page)}
+    page.check("#trace")
+    connect(page, "async")
+    send_text(page, '{"json": [1, 2, 3]}')
+    send_text(page, "x" * 400)
+    page.fill("#binary-size", "40")
+    page.click("#send-binary")
+    received_count(page, 3)
+    page.locator("#log .view-json summary").last.click()
+    found["connected, traced, with entries"] = axe_violations(page)
+    page.fill("#close-code", "2")
+    page.click("#close")
+    expect(alert(page)).to_be_visible()
+    found["an error shown"] = axe_violations(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    found["phone"] = axe_violations(page)
+    context.close()
+    assert found == {state: [] for state in found}
+
+
+def contrast(page: Page, selector: str) -> float:
+    """WCAG contrast ratio of an element's text against its background."""
+    return page.evaluate(
+        """(selector) => {
+            const style = getComputedStyle(document.querySelector(selector));
+            const rgb = (c) => c.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number);
+            const lum = ([r, g, b]) => {
+                const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+            };
+            const [a, b] = [lum(rgb(style.color)), lum(rgb(style.backgroundColor))].sort((x, y) => y - x);
+            return (a + 0.05) / (b + 0.05);
+        }""",
+        selector,
+    )
+
+
+def test_disabled_controls_keep_aa_contrast(page):
+    expect(page.locator("#send-text")).to_be_disabled()
+    assert contrast(page, "#send-text") >= 4.5
+    assert contrast(page, "#close") >= 4.5
+
+
+# --- the tools -----------------------------------------------------------------------------
+
+
+def test_search_and_filter_narrow_the_log(page):
+    connect(page, "async")
+    for text in ("apple pie", "banana split", "apple tart"):
+        send_text(page, text)
+    received_count(page, 3)
+    page.fill("#search", "apple")
+    expect(page.locator("#log li")).to_have_count(4)  # 2 sent + 2 received
+    page.select_option("#filter", "received")
+    expect(page.locator("#log li")).to_have_count(2)
+    page.fill("#search", "")
+    expect(page.locator("#log li")).to_have_count(3)
+    page.select_option("#filter", "events")
+    expect(entries(page, "open")).to_have_count(1)
+    expect(entries(page, "received")).to_have_count(0)
+
+
+def test_json_is_pretty_printed_and_validated(page):
+    connect(page, "async")
+    send_text(page, '{"b": [1, 2], "a": "x"}')
+    view = entries(page, "received").last.locator(".view-json")
+    view.locator("summary").click()
+    expect(view.locator("pre")).to_have_text('{\n  "b": [\n    1,\n    2\n  ],\n  "a": "x"\n}')
+    page.fill("#text", "{not json")
+    page.click("#format-json")
+    expect(alert(page)).to_contain_text("not valid JSON")
+    page.fill("#text", '{"compact":true}')
+    page.click("#format-json")
+    expect(page.locator("#text")).to_have_value('{\n  "compact": true\n}')
+
+
+def test_binary_has_a_hex_view(page):
+    connect(page, "async")
+    page.fill("#binary-size", "20")
+    page.click("#send-binary")
+    view = entries(page, "received").last.locator(".view-hex")
+    view.locator("summary").click()
+    expect(view.locator("pre")).to_contain_text(
+        "00000000  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f  |................|"
+    )
+    expect(view.locator("pre")).to_contain_text("00000010  10 11 12 13")
+
+
+def test_the_log_exports_and_copies_as_json(browser, uvicorn_server):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(uvicorn_server.http_url + "/")
+    connect(page, "async")
+    send_text(page, "exported")
+    received_count(page, 1)
+    with page.expect_download() as download:
+        page.click("#export-log")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert [e["kind"] for e in exported] == ["connecting", "open", "sent", "received"]
+    assert exported[-1]["text"] == "exported"
+    page.click("#copy-log")
+    expect(entries(page, "note").last).to_contain_text("copied 4 entries as JSON")
+    copied = json.loads(page.evaluate("navigator.clipboard.readText()"))
+    assert copied == exported
+    context.close()
+
+
+def test_history_recalls_sent_texts_with_up_and_down(page):
+    connect(page, "async")
+    for text in ("first", "second"):
+        send_text(page, text)
+    page.fill("#text", "draft")
+    page.press("#text", "ArrowUp")
+    expect(page.locator("#text")).to_have_value("second")
+    page.press("#text", "ArrowUp")
+    expect(page.locator("#text")).to_have_value("first")
+    page.press("#text", "ArrowDown")
+    page.press("#text", "ArrowDown")
+    expect(page.locator("#text")).to_have_value("draft")
+
+
+def test_snippets_are_saved_and_survive_a_reload(page):
+    page.fill("#text", '{"saved": "snippet"}')
+    page.click("#save-snippet")
+    page.reload()
+    page.select_option("#snippets", '{"saved": "snippet"}')
+    expect(page.locator("#text")).to_have_value('{"saved": "snippet"}')
+
+
+def test_long_text_is_shortened_and_expands(page):
+    connect(page, "async")
+    send_text(page, "y" * 1000)
+    long = entries(page, "received").last.locator("details.long")
+    expect(long.locator("summary")).to_contain_text("(show all 1000 characters)")
+    expect(long.locator("pre.full")).to_be_hidden()
+    long.locator("summary").click()
+    expect(long.locator("pre.full")).to_have_text("y" * 1000)
