@@ -160,6 +160,11 @@ def handler_lanes() -> HandlerLanes:
     return _handler_lanes
 
 
+#: Message type -> handler name, for the types seen (at most 1,024: types come from code, but a
+#: channel-layer message could carry any string).
+_handler_names: dict[str, str] = {}
+
+
 class _DispatchLoop:
     """The receive loop shared by both base classes (``AsyncConsumer.__call__`` rewritten)."""
 
@@ -338,9 +343,14 @@ class _DispatchLoop:
     def handler_for(self, message: Message) -> Callable:
         """The method named after the message type: ``websocket.receive`` -> ``websocket_receive``."""
         try:
-            name = get_handler_name(message)
-        except ValueError as error:
-            raise UnroutableMessage(str(error)) from None
+            name = _handler_names[message["type"]]  # Channels' get_handler_name, remembered
+        except (KeyError, TypeError):
+            try:
+                name = get_handler_name(message)
+            except ValueError as error:
+                raise UnroutableMessage(str(error)) from None
+            if len(_handler_names) < 1024 and isinstance(message["type"], str):
+                _handler_names[message["type"]] = name
         handler = getattr(self, name, None)
         if handler is None:
             raise UnroutableMessage(f"No handler for message type {message['type']}")

@@ -1,6 +1,8 @@
 """The applications the benchmark compares with the project's consumers.
 
 - ``ceiling``: a raw ASGI echo with no Django and no Channels, the most a server can do.
+- ``starlette``: a Starlette WebSocket echo, as its documentation writes one: the peer a user
+  would pick instead of Channels.
 - ``stock``: Channels' ``AsyncConsumer`` and ``SyncConsumer`` written as the Channels
   documentation shows them, routed as the documentation routes them.
 """
@@ -68,3 +70,26 @@ stock = ProtocolTypeRouter(
         )
     }
 )
+
+
+async def starlette_echo(websocket) -> None:
+    """Starlette's WebSocket endpoint: accept, then echo text as text and bytes as bytes."""
+    await websocket.accept()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await websocket.send_text(message["text"])
+        else:
+            await websocket.send_bytes(message["bytes"])
+
+
+def _starlette():
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    return Starlette(routes=[WebSocketRoute("/ws/echo/async/", starlette_echo)])
+
+
+starlette = _starlette()

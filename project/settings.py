@@ -142,7 +142,15 @@ CHANNEL_EXPIRY = env_int("CHANNEL_EXPIRY", 60)
 CHANNEL_CAPACITY_BYTES = env_int("CHANNEL_CAPACITY_BYTES", 16 * 1024 * 1024)
 # redis-py 8 reads with a 5 s socket_timeout by default, the same 5 s that channels-redis blocks
 # in BZPOPMIN, so every idle receive fails with TimeoutError (channels_redis#422): read longer.
-REDIS_TIMEOUTS = {"socket_timeout": 15, "socket_connect_timeout": 5}
+# REDIS_MAX_CONNECTIONS: Redis connections one process's channel layer may open. redis-py 8
+# defaults to 100 and then fails at once ("Too many connections"): a burst of 1,000 members
+# joining a room got 503s (bench/fanout.py found it).
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
+REDIS_TIMEOUTS = {
+    "socket_timeout": 15,
+    "socket_connect_timeout": 5,
+    "max_connections": REDIS_MAX_CONNECTIONS,
+}
 # Redis behind Sentinel: REDIS_SENTINELS=host:port[,host:port...] (instead of REDIS_URL) and
 # REDIS_SENTINEL_MASTER; channels-redis asks the sentinels for the master on every new connection.
 REDIS_SENTINELS = env_addresses("REDIS_SENTINELS")

@@ -48,6 +48,8 @@ def server_command(
             app,
             *extra,
         ]
+    if kind == "uvicorn-plain":  # uvicorn as a user types it: every option at its default
+        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), app]
     if kind == "runserver":  # Django's development server, which is daphne's
         return [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
     if kind == "daphne":

@@ -87,6 +87,17 @@ def test_the_default_rate_limit_leaves_the_benchmarks_ping_pong_alone():
     assert all(bucket.take(start + i / 16_000) for i in range(100_000))
 
 
+def test_the_token_bucket_allows_one_burst_then_the_rate_and_no_more():
+    from app.session import TokenBucket
+
+    bucket = TokenBucket(rate=1000, burst=100)
+    start = bucket.stamp
+    flood = sum(bucket.take(start + i / 10_000) for i in range(20_000))  # 10x the rate for 2 s
+    assert 100 + 2000 - 2 <= flood <= 100 + 2000 + 1
+    later = start + 60  # a minute idle earns one burst, not a minute's worth
+    assert sum(bucket.take(later + i * 1e-7) for i in range(1000)) in (100, 101)
+
+
 # --- fuzzing the consumers ------------------------------------------------------------------
 
 FUZZ = hypothesis_settings(

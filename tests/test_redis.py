@@ -194,3 +194,22 @@ async def test_a_member_that_lost_messages_through_redis_is_told(two_servers, re
     assert closed.value.rcvd.code == 1013
     assert closed.value.rcvd.reason == "fell behind: 2 room message(s) lost, reconnect"
     await layer.close_pools()
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_300_joins_is_accepted(two_servers):
+    """redis-py 8 allows 100 connections a pool by default, then fails at once: a burst of joins
+    got 503 "Too many connections" (REDIS_MAX_CONNECTIONS raises the bound)."""
+    a, _ = two_servers
+    room = new_room()
+    results = await asyncio.gather(
+        *(connect(room_url(a, room)) for _ in range(300)), return_exceptions=True
+    )
+    members = [ws for ws in results if not isinstance(ws, BaseException)]
+    try:
+        assert len(members) == 300, [r for r in results if isinstance(r, BaseException)][:3]
+        await members[0].send("all here")
+        for ws in members:
+            assert await asyncio.wait_for(ws.recv(), 10) == "all here"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in members), return_exceptions=True)

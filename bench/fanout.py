@@ -1,0 +1,268 @@
+"""The room (fan-out) benchmark: one room of 10, 100 and 1,000 members, one sender and ten, on
+one server process with the in-memory layer and on two processes through Redis (both
+channels-redis layers). Deliveries per second, p50/p99 delivery latency, and losses.
+
+    .venv/bin/python -m bench.fanout                   # part of `make bench`
+    .venv/bin/python -m bench.fanout --members 10 100 --out-dir /tmp/bench
+
+Each sender sends its next message when its previous one has come back to it through the
+room, so the load clocks itself (no queue grows without bound) and every member receives
+every message: members x senders x messages deliveries. The members, on picows and uvloop,
+run in one client process; with two server processes they alternate between them, so half of
+every delivery crosses processes. The echo ceiling (a raw ASGI echo under plain uvicorn,
+100 connections, 16 B) is measured in the same run, for the ratio.
+
+Writes ``fanout.json`` and ``fanout.md`` to ``--out-dir`` (default ``docs/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LAYERS = ("memory", "redis-core", "redis-pubsub")
+
+
+# --- the client (a process of its own) ------------------------------------------------------
+
+
+async def room_client(
+    urls: list[str], members: int, senders: int, messages: int, deadline: float
+) -> dict:
+    import uvloop  # noqa: F401  (the event loop is set by main)
+    from picows import WSListener, WSMsgType
+
+    from bench.client import open_many, raise_fd_limit
+
+    raise_fd_limit()
+    expected = senders * messages
+    latencies: list[float] = []
+    closes: list[int] = []
+    everyone_done = asyncio.get_running_loop().create_future()
+    state = {"complete": 0}
+
+    class Member(WSListener):
+        def __init__(self, index: int) -> None:
+            self.index, self.received, self.seen = index, 0, set()
+            self.duplicates = 0
+            self.transport = None
+            self.sent = 0
+
+        def on_ws_connected(self, transport) -> None:
+            self.transport = transport
+
+        def send_next(self) -> None:
+            self.sent += 1
+            body = f"{self.index}:{self.sent}:{time.perf_counter_ns()}"
+            self.transport.send(WSMsgType.TEXT, body.encode())
+
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type == WSMsgType.CLOSE:
+                closes.append(frame.get_close_code())
+                return
+            if frame.msg_type != WSMsgType.TEXT:
+                return
+            sender, seq, sent_ns = frame.get_payload_as_ascii_text().split(":")
+            latencies.append((time.perf_counter_ns() - int(sent_ns)) / 1e6)
+            key = (sender, seq)
+            if key in self.seen:
+                self.duplicates += 1
+            self.seen.add(key)
+            self.received += 1
+            if int(sender) == self.index and self.sent < messages:
+                self.send_next()  # our own message came back: the next one
+            if self.received == expected:
+                state["complete"] += 1
+                if state["complete"] == members and not everyone_done.done():
+                    everyone_done.set_result(None)
+
+    pairs = []
+    for part, url in enumerate(urls):  # members alternate between the server processes
+        count = members // len(urls) + (1 if part < members % len(urls) else 0)
+        base = len(pairs)
+        pairs += await open_many(url, count, lambda i, base=base: Member(base + i))
+    listeners = [listener for _, listener in pairs]
+    for index, listener in enumerate(listeners):
+        listener.index = index
+    start = time.perf_counter()
+    for listener in listeners[:senders]:
+        listener.send_next()
+    timed_out = False
+    try:
+        await asyncio.wait_for(everyone_done, deadline)
+    except TimeoutError:
+        timed_out = True
+    elapsed = time.perf_counter() - start
+    delivered = sum(listener.received for listener in listeners)
+    for transport, _ in pairs:
+        transport.disconnect()
+    latencies.sort()
+    return {
+        "members": members,
+        "senders": senders,
+        "messages_per_sender": messages,
+        "expected": members * expected,
+        "delivered": delivered,
+        "lost": members * expected - delivered,
+        "duplicates": sum(listener.duplicates for listener in listeners),
+        "closes": closes,
+        "seconds": elapsed,
+        "deliveries_per_s": delivered / elapsed if elapsed else 0.0,
+        "p50_ms": latencies[len(latencies) // 2] if latencies else None,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None,
+        "timed_out": timed_out,
+    }
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+def messages_for(members: int, senders: int) -> int:
+    """Messages per sender: about 30,000 deliveries a run, at least 5 and at most 300 a sender."""
+    return max(5, min(300, 30_000 // (members * senders)))
+
+
+def run_room_client(urls: list[str], members: int, senders: int, deadline: float) -> dict:
+    from tests.servers import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "client", "--urls", *urls, "--members", str(members),
+         "--senders", str(senders), "--messages", str(messages_for(members, senders)),
+         "--deadline", str(deadline)],
+        cwd=ROOT, capture_output=True, text=True, timeout=deadline + 120,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"room client failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def servers_for(layer: str, redis_url: str | None, env: dict) -> list:
+    from tests.servers import LiveServer
+
+    if layer == "memory":
+        return [LiveServer("uvicorn", env=env)]
+    layer_env = {**env, "REDIS_URL": redis_url, "REDIS_CHANNEL_LAYER": layer.removeprefix("redis-")}
+    return [LiveServer("uvicorn", env=layer_env) for _ in range(2)]
+
+
+def main_driver(args) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+    from bench.echo import run_client
+    from tests.redis_server import RedisServer, redis_missing
+    from tests.servers import LiveServer
+
+    # Room members are not rate-limited in the benchmark; CHANNEL_CAPACITY stays as shipped.
+    env = {"LOG_LEVEL": "WARNING"}
+    with LiveServer("uvicorn-plain", env=env, app="bench.apps:ceiling") as ceiling:
+        echo = run_client("pingpong", "--url", f"{ceiling.ws_url}/ws/echo/async/", "--connections",
+                          "100", "--messages", "30000", timeout=300)  # fmt: skip
+    print(f"echo ceiling: {echo['msgs_per_s']:,.0f} msg/s", file=sys.stderr, flush=True)
+    redis = None
+    if any(layer != "memory" for layer in args.layers):
+        if reason := redis_missing():
+            raise SystemExit(reason)
+        redis = RedisServer().start()
+    rows = []
+    try:
+        for layer in args.layers:
+            servers = servers_for(layer, redis.url if redis else None, env)
+            try:
+                for server in servers:
+                    server.wait_ready()
+                for members in args.members:
+                    for senders in args.senders:
+                        room = f"bench-{layer}-{members}-{senders}-{time.monotonic_ns()}"
+                        urls = [f"{s.ws_url}/ws/broadcast/async/{room}/" for s in servers]
+                        row = run_room_client(urls, members, senders, args.deadline)
+                        row.update(layer=layer, processes=len(servers),
+                                   ratio_to_echo=row["deliveries_per_s"] / echo["msgs_per_s"])  # fmt: skip
+                        rows.append(row)
+                        print(f"{layer:12} {len(servers)} proc {members:>5} members {senders:>2} senders: "
+                              f"{row['deliveries_per_s']:>9,.0f} deliveries/s ({row['ratio_to_echo']:.2f} x echo) "
+                              f"p99 {row['p99_ms']:.1f} ms lost {row['lost']} dup {row['duplicates']}"
+                              f"{' TIMED OUT' if row['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
+            finally:
+                for server in servers:
+                    server.stop()
+    finally:
+        if redis:
+            redis.stop()
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "echo_ceiling_msgs_per_s": echo["msgs_per_s"], "rows": rows}  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "fanout.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out_dir / "fanout.md").write_text(markdown(report) + "\n")
+    print(f"wrote {args.out_dir}/fanout.json, fanout.md", file=sys.stderr)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Rooms: fan-out",
+        "",
+        "Generated by `python -m bench.fanout` (part of `make bench`); every figure is also in",
+        "[fanout.json](fanout.json). One room; each sender sends its next message when its last",
+        "came back through the room; every member receives every message. `memory`: one",
+        "`manage.py serve` process, the in-memory layer; `redis-*`: two processes on one Redis,",
+        "members alternating between them. The echo ceiling (raw ASGI echo, plain uvicorn, 100",
+        f"connections, 16 B) in the same run: {report['echo_ceiling_msgs_per_s']:,.0f} msg/s.",
+        "",
+        f"- Date: {report['date']}",
+        "- Goals: in memory, 1,000 members, deliveries/s >= 0.5 x the echo ceiling; Redis across"
+        " two processes >= 0.25 x; nothing lost.",
+        "",
+        "| layer | processes | members | senders | deliveries | deliveries/s | / echo ceiling | p50 ms | p99 ms | lost | duplicates |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        flag = " (timed out)" if r["timed_out"] else ""
+        lines.append(
+            f"| {r['layer']} | {r['processes']} | {r['members']:,} | {r['senders']} | {r['delivered']:,}{flag} "
+            f"| {r['deliveries_per_s']:,.0f} | {r['ratio_to_echo']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['lost']} | {r['duplicates']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    client = sub.add_parser("client", help="the room client (run by the driver)")
+    client.add_argument("--urls", nargs="+", required=True)
+    client.add_argument("--members", type=int, required=True)
+    client.add_argument("--senders", type=int, required=True)
+    client.add_argument("--messages", type=int, required=True)
+    client.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
+    parser.add_argument("--members", nargs="+", type=int, default=[10, 100, 1000])
+    parser.add_argument("--senders", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path(__file__).resolve().parent.parent / "docs"
+    )
+    args = parser.parse_args()
+    if args.command == "client":
+        import uvloop
+
+        from bench.client import check_loopback
+
+        for url in args.urls:
+            check_loopback(url)
+        result = uvloop.run(
+            room_client(args.urls, args.members, args.senders, args.messages, args.deadline)
+        )
+        print(json.dumps(result))
+        return
+    main_driver(args)
+
+
+if __name__ == "__main__":
+    main()
