@@ -9,6 +9,7 @@ with a one-line body where the server supports the ``websocket.http.response`` e
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from http import HTTPStatus
 from urllib.parse import urlparse
 
@@ -86,15 +87,19 @@ class LoggedOriginValidator(OriginValidator):
         super().__init__(application, allowed_origins)
         self.allow_missing = allow_missing
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    #: ``__call__`` returns the inner application's coroutine instead of awaiting it, so that an
+    #: open connection holds no frame of this class; asgiref must not take it for ASGI 2.
+    _asgi_single_callable = True
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         raw = header(scope, b"origin")
         if raw is None and self.allow_missing:
-            return await self.application(scope, receive, send)
+            return self.application(scope, receive, send)
         origin = raw.decode("latin-1") if raw is not None else None
         if origin is not None and self.allows(origin):
-            return await self.application(scope, receive, send)
+            return self.application(scope, receive, send)
         why = f"Origin {origin!r} is not allowed" if origin is not None else "no Origin header"
-        return await refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why, reason="origin")
+        return refuse(scope, receive, send, HTTPStatus.FORBIDDEN, why, reason="origin")
 
     def allows(self, origin: str) -> bool:
         """Whether ``origin`` (the header's value) is one of the allowed Origins."""

@@ -11,7 +11,7 @@ connections get the session and the user in their scope as before, and keep the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from channels.auth import AuthMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
@@ -35,6 +35,30 @@ class WebSocketSessionMiddleware(SessionMiddleware):
 def auth_middleware_stack(inner: ASGIApp) -> ASGIApp:
     """``channels.auth.AuthMiddlewareStack``: cookies, session and user, in the same order."""
     return CookieMiddleware(WebSocketSessionMiddleware(AuthMiddleware(inner)))
+
+
+class SessionWhenNeeded:
+    """``auth_middleware_stack`` for the handshakes that use a session, and nothing for the rest.
+
+    Here only tracing reads the session (a ``trace=`` query, and the ``/ws/trace/`` sockets:
+    a trace token belongs to one browser session). Every other connection skips the cookie
+    parse, the session and user objects and three copies of the scope, which it would hold for
+    its whole life: about 4.8 KiB of an idle connection's 25 KiB (docs/performance.md). A
+    project whose consumers read ``scope["user"]`` uses ``auth_middleware_stack`` directly.
+    """
+
+    #: ``__call__`` returns the inner application's coroutine instead of awaiting it, so that an
+    #: open connection holds no frame of this class; asgiref must not take it for ASGI 2.
+    _asgi_single_callable = True
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+        self.with_session = auth_middleware_stack(inner)
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if b"trace=" in scope.get("query_string", b"") or scope["path"].startswith("/ws/trace/"):
+            return self.with_session(scope, receive, send)
+        return self.inner(scope, receive, send)
 
 
 class ContentSecurityPolicyMiddleware:

@@ -62,7 +62,7 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerFeatures:
     """What the ASGI server in front of us honours, read from the connection's scope.
 

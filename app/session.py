@@ -23,16 +23,36 @@ logger = logging.getLogger("app.ws")
 _connection_ids = itertools.count(1)
 
 
-def connection_logger(scope: Scope, consumer: str) -> logging.LoggerAdapter:
+def connection_logger(scope: Scope, consumer: str) -> ConnectionLog:
     """A logger per connection: every line names the connection, its client and its path."""
     client = peer(scope.get("client"))
-    prefix = f"[ws#{next(_connection_ids)} {consumer} {client} {scope.get('path', '')}]"
-    return _PrefixAdapter(logger, {"connection": prefix})
+    return ConnectionLog(
+        f"[ws#{next(_connection_ids)} {consumer} {client} {scope.get('path', '')}]"
+    )
 
 
-class _PrefixAdapter(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"{self.extra['connection']} {msg}", kwargs
+class ConnectionLog:
+    """``app.ws`` with the connection's prefix on every line: the part of ``LoggerAdapter`` a
+    connection uses, holding one string (an adapter holds a dict and two attributes more, for
+    every open connection)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def log(self, level: int, msg: str, *args: object, **kwargs) -> None:
+        if logger.isEnabledFor(level):
+            logger.log(level, f"{self.prefix} {msg}", *args, **kwargs)
+
+    def info(self, msg: str, *args: object, **kwargs) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: object, **kwargs) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: object, **kwargs) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
 
 
 def choose_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
@@ -51,7 +71,7 @@ def utf8_length_over(text: str, limit: int) -> int | None:
     return size if size > limit else None
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     """A per-connection rate limit: ``rate`` messages a second, bursts of up to ``burst``."""
 
@@ -85,7 +105,7 @@ class TokenBucket:
         return True
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """One connection's state and rules: subprotocol, size limit, closing, logging.
 
@@ -101,7 +121,7 @@ class Session:
     rate_limit: TokenBucket | None = None
     state: ConnectionState = ConnectionState.CONNECTING
     features: ServerFeatures = field(init=False)
-    log: logging.LoggerAdapter = field(init=False)
+    log: ConnectionLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.features = ServerFeatures.from_scope(self.scope)

@@ -1,8 +1,9 @@
 """The whole stack in one place: the path of every connection starts here.
 
 HTTP goes to Django. A WebSocket handshake passes the Origin check, gets the session and
-user (``auth_middleware_stack``: Channels' ``AuthMiddlewareStack`` without its per-message
-send wrapper, see ``app/middleware.py``), and is routed by path to a consumer in ``app.routing``.
+user if it traces (``SessionWhenNeeded``: Channels' ``AuthMiddlewareStack`` without its
+per-message send wrapper, for the handshakes that read the session; see ``app/middleware.py``),
+and is routed by path to a consumer in ``app.routing``.
 """
 
 import os
@@ -16,7 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from app.handshake import allowed_hosts_origin_validator  # noqa: E402
-from app.middleware import auth_middleware_stack  # noqa: E402
+from app.middleware import SessionWhenNeeded  # noqa: E402
 from app.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -24,7 +25,7 @@ application = ProtocolTypeRouter(
         # The page's CSS and JS are served by the app itself: no separate static server needed.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": allowed_hosts_origin_validator(
-            auth_middleware_stack(URLRouter(websocket_urlpatterns))
+            SessionWhenNeeded(URLRouter(websocket_urlpatterns))
         ),
     }
 )
