@@ -43,7 +43,7 @@ from app import metrics, protocol
 from app.layers import LAYER_ERRORS, error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.session import ConnectionLog
-from app.tracing import Tracer
+from app.tracing import Tracer, asks_for_trace
 
 try:  # what uvicorn raises for a send to a client that has left
     from uvicorn.protocols.utils import ClientDisconnected
@@ -207,7 +207,7 @@ class _DispatchLoop:
             metrics.consumer_stats(type(self).__name__, room=self.room_member)
         )
         try:
-            if self.traceable and b"trace=" in scope.get("query_string", b""):
+            if self.traceable and asks_for_trace(scope):
                 self.tracer = await Tracer.for_scope(scope, "sync" if self._sync else "async")
                 if self.tracer is not None:
                     receive, send = self.tracer.source(receive), self.tracer.sink(send)

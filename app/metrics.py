@@ -128,9 +128,14 @@ def refused(reason: str) -> None:
     refusals.labels(reason).inc()
 
 
-def text_bytes(text: str) -> int:
-    """The UTF-8 size of ``text``, without encoding it when it is ASCII (``isascii`` is O(1))."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+def payload_bytes(message: Message) -> int:
+    """A message's payload size: text as UTF-8 (encoded only when not ASCII; ``isascii`` is
+    O(1)), or bytes. A malformed event counts 0: the consumer refuses it, counting must not fail."""
+    text = message.get("text")
+    if type(text) is str:
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    data = message.get("bytes")
+    return len(data) if isinstance(data, bytes | bytearray) else 0
 
 
 class ConsumerStats:
@@ -206,7 +211,6 @@ class Connection:
 
     def handled(self, message: Message, started: float) -> None:
         """Count a message whose handler began at ``started`` (``perf_counter``) and has ended."""
-        # Inlined rather than in a helper: this runs for every message (see the module).
         elapsed = perf_counter() - started
         stats = self.stats
         stats.handler_total += elapsed
@@ -214,12 +218,7 @@ class Connection:
         kind = message["type"]
         if kind == "websocket.receive":
             stats.messages_in += 1
-            text = message.get("text")
-            if type(text) is str:
-                stats.bytes_in += len(text) if text.isascii() else text_bytes(text)
-            else:  # bytes, or a malformed event (the consumer refuses it; counting must not fail)
-                data = message.get("bytes")
-                stats.bytes_in += len(data) if isinstance(data, bytes | bytearray) else 0
+            stats.bytes_in += payload_bytes(message)
         elif kind == "websocket.disconnect":
             self.disconnected(message)
 
@@ -229,12 +228,7 @@ class Connection:
         if kind == "websocket.send":
             stats = self.stats
             stats.messages_out += 1
-            text = message.get("text")
-            if type(text) is str:
-                stats.bytes_out += len(text) if text.isascii() else text_bytes(text)
-            else:  # bytes, or a malformed event (the consumer refuses it; counting must not fail)
-                data = message.get("bytes")
-                stats.bytes_out += len(data) if isinstance(data, bytes | bytearray) else 0
+            stats.bytes_out += payload_bytes(message)
         elif kind == "websocket.accept":
             self._opened()
         elif kind == "websocket.close" and self.open and not self.closed_by_server:

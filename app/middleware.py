@@ -19,6 +19,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from app.protocol import ASGIApp, Receive, Scope, Send
+from app.tracing import asks_for_trace
 
 
 class WebSocketSessionMiddleware(SessionMiddleware):
@@ -56,7 +57,7 @@ class SessionWhenNeeded:
         self.with_session = auth_middleware_stack(inner)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if b"trace=" in scope.get("query_string", b"") or scope["path"].startswith("/ws/trace/"):
+        if asks_for_trace(scope) or scope["path"].startswith("/ws/trace/"):
             return self.with_session(scope, receive, send)
         return self.inner(scope, receive, send)
 

@@ -66,6 +66,12 @@ def trace_group(token: str) -> str:
     return "trace." + hashlib.sha256(token.encode()).hexdigest()[:40]
 
 
+def asks_for_trace(scope: Scope) -> bool:
+    """Whether a handshake carries a ``trace`` query parameter: a substring test, so that the
+    connections that do not (nearly all) pay nothing; ``query_token`` parses it."""
+    return b"trace=" in scope.get("query_string", b"")
+
+
 def query_token(scope: Scope) -> str | None:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("trace")
     return values[0] if values else None

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -28,6 +29,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_for_port(
+    port: int,
+    process: subprocess.Popen,
+    name: str,
+    *,
+    timeout: float,
+    details: Callable[[], str] = str,
+) -> None:
+    """Block until ``port`` on 127.0.0.1 accepts a connection; fail, with ``details()`` (a
+    log, say), if ``process`` exits first or the port stays closed for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{details()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)  # poll interval while the port is not yet open
+    raise TimeoutError(f"{name} did not open port {port} in {timeout}s:\n{details()}")
 
 
 def server_command(
@@ -107,20 +130,8 @@ class LiveServer:
 
     def wait_ready(self, timeout: float = 30.0) -> LiveServer:
         """Block until the port accepts a connection; fail with the log if the process dies first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.kind} exited with {self.process.returncode}:\n{self.log()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)  # poll interval while the port is not yet open
-        raise TimeoutError(
-            f"{self.kind} did not open port {self.port} in {timeout}s:\n{self.log()}"
-        )
+        wait_for_port(self.port, self.process, self.kind, timeout=timeout, details=self.log)
+        return self
 
     def log(self) -> str:
         return Path(self.log_file.name).read_text(errors="replace")

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.servers import ROOT, LiveServer, free_port
+from tests.servers import ROOT, LiveServer, free_port, wait_for_port
 
 pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.asyncio]
 
@@ -47,19 +46,6 @@ def site_config(*, http_port: int, https_port: int, upstream: int, cert: Path, k
         assert old in text, f"deploy/nginx.conf no longer has {old!r}"
         text = text.replace(old, new)
     return text
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)  # poll interval while the port is not yet open
-    raise TimeoutError(f"nginx did not open port {port}")
 
 
 #: The connection's log line ("accepted"), with the worker's process id (settings' log format).
@@ -157,7 +143,7 @@ def stack(tmp_path_factory, redis_server, server_env):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_for_port(https_port, nginx)
+        wait_for_port(https_port, nginx, "nginx", timeout=10)
         yield Stack(server, https_port, http_port, cert)
     finally:
         nginx.terminate()
