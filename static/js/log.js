@@ -26,8 +26,7 @@ export class Log {
     this.entries = [];
     this.dropped = 0;  // entries dropped from the model (KEEP)
     this.matching = 0;  // entries in the model that match the search and filter
-    this.pending = [];  // added since the last frame
-    this.backlog = [];  // matching entries waiting for a frame to draw them
+    this.backlog = [];  // entries that match, waiting for a frame to draw them
     this.frame = 0;
     this.nextId = 1;
     this.atBottom = true;
@@ -48,13 +47,15 @@ export class Log {
     entry.side = entry.side || "browser";
     entry.time = entry.time || timestamp();
     this.entries.push(entry);
-    if (this.matches(entry)) this.matching++;
+    if (this.matches(entry)) {
+      this.matching++;
+      this.backlog.push(entry);
+    }
     if (this.entries.length > KEEP) {
       const removed = this.entries.splice(0, this.entries.length - KEEP);
       this.dropped += removed.length;
       for (const old of removed) if (this.matches(old)) this.matching--;
     }
-    this.pending.push(entry);
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
     return entry;
   }
@@ -76,7 +77,6 @@ export class Log {
 
   clear() {
     this.entries = [];
-    this.pending = [];
     this.backlog = [];
     this.dropped = this.matching = this.unseen = 0;
     this.traceStart = null;
@@ -113,13 +113,9 @@ export class Log {
   // longer than SHOWN keeps only its newest SHOWN (the older would be trimmed at once anyway).
   flush() {
     this.frame = 0;
-    const fresh = this.pending.filter((e) => this.matches(e));
-    this.pending = [];
-    if (this.backlog.length + fresh.length > SHOWN) {
-      this.backlog = this.backlog.concat(fresh).slice(-SHOWN);
+    if (this.backlog.length > SHOWN) {
+      this.backlog = this.backlog.slice(-SHOWN);
       this.list.replaceChildren();
-    } else {
-      this.backlog.push(...fresh);
     }
     const drawn = this.backlog.splice(0, BATCH);
     if (drawn.length) {
@@ -138,7 +134,6 @@ export class Log {
 
   rebuild() {
     const matching = this.entries.filter((e) => this.matches(e));
-    this.pending = [];
     this.backlog = matching.slice(-SHOWN);
     this.list.replaceChildren();
     this.unseen = 0;
