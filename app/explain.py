@@ -49,8 +49,9 @@ def explain(
     a trace socket's token, then the subprotocol the consumer would pick."""
     from app.routing import websocket_urlpatterns
 
-    if origin is not None and not allowed_hosts_origin_validator(None).allows(origin):
-        hosts = ", ".join(settings.ALLOWED_HOSTS) or "localhost, 127.0.0.1"
+    validator = allowed_hosts_origin_validator(None)
+    if origin is not None and not validator.allows(origin):
+        hosts = ", ".join(validator.allowed_origins)  # what the handshake's validator allows
         return refused(
             HTTPStatus.FORBIDDEN,
             "origin",
