@@ -143,7 +143,12 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         elif queue.qsize():
             self._drop_expired(channel, queue)
             queue = self.channels.setdefault(channel, queue)  # emptied and forgotten: keep it
-        _, message = await queue.get()
+        try:
+            _, message = await queue.get()
+        except asyncio.CancelledError:  # its consumer has ended: forget the queue, as Channels
+            if queue.empty() and not queue._getters and self.channels.get(channel) is queue:
+                del self.channels[channel]
+            raise
         remaining = self.queued_bytes.get(channel, 0) - message_bytes(message)
         if remaining > 0:
             self.queued_bytes[channel] = remaining

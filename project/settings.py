@@ -219,7 +219,7 @@ TRACE_TOKENS_PER_SESSION = env_int("TRACE_TOKENS_PER_SESSION", 8)
 #: only trace tokens; the secret key signs them, and no user logs in.
 SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 #: Threads (lanes) that run SyncConsumer handlers; a connection keeps its lane while it lives.
-SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 32)
+SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 8)
 #: While every lane is running a handler, a new connection opens a new lane, up to this many.
 SYNC_CONSUMER_MAX_THREADS = env_int("SYNC_CONSUMER_MAX_THREADS", 256)
 

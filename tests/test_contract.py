@@ -169,6 +169,69 @@ async def test_lanes_grow_only_when_every_lane_is_blocked_not_merely_busy():
     assert lanes.take() is lanes.lanes[2]  # a new lane, not a wait behind them
 
 
+# --- sends from a handler thread (app.dispatch.Outbox) ---------------------------------------
+
+
+class ProgressSync(LeanSyncConsumer):
+    """Sends, then blocks until the test has seen that send: held until return, it never ends."""
+
+    channel_layer_alias = None
+    uses_database = False
+    seen = threading.Event()
+
+    def websocket_connect(self, event):
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, event):
+        count = int(event["text"])
+        self.send({"type": "websocket.send", "text": "working"})
+        assert self.seen.wait(timeout=10), "the first send was held back by the slow work"
+        for i in range(count):  # more than the outbox holds: send blocks, nothing is lost
+            self.send({"type": "websocket.send", "text": str(i)})
+
+    def websocket_disconnect(self, event):
+        raise StopConsumer()
+
+
+async def test_a_send_before_slow_work_arrives_while_the_handler_still_runs_and_order_holds():
+    ProgressSync.seen.clear()
+    communicator = WebsocketCommunicator(ProgressSync.as_asgi(), "/")
+    assert (await communicator.connect())[0]
+    await communicator.send_to(text_data="300")
+    assert await communicator.receive_from(timeout=5) == "working"
+    ProgressSync.seen.set()
+    assert [await communicator.receive_from() for _ in range(300)] == [str(i) for i in range(300)]
+    await communicator.disconnect()
+
+
+async def test_a_handler_thread_holds_at_most_max_messages_then_its_send_waits():
+    """The server's send is stuck (a client that does not read): the handler thread stops at
+    the bound instead of queueing without end, and goes on when the server takes them."""
+    loop = asyncio.get_running_loop()
+    gate, entered, written = asyncio.Event(), asyncio.Event(), []
+
+    async def stuck_send(message):
+        entered.set()
+        await gate.wait()
+        written.append(message["text"])
+
+    outbox = app.dispatch.Outbox(stuck_send, loop, lambda message: None, max_messages=8)
+    returned = []
+
+    def handler():
+        for i in range(20):
+            outbox.put({"type": "websocket.send", "text": str(i)})
+            returned.append(i)
+
+    thread = loop.run_in_executor(None, handler)
+    await asyncio.wait_for(entered.wait(), 5)  # the 8th put asked the loop to write, and waits
+    assert returned == list(range(7)) and len(outbox.queue) == 7  # the 8th is being written
+    gate.set()
+    await asyncio.wait_for(thread, 5)
+    await outbox.drain()
+    assert written == [str(i) for i in range(20)]
+
+
 # --- exceptions -------------------------------------------------------------------------------
 
 

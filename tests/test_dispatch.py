@@ -152,15 +152,16 @@ async def test_a_handler_that_queries_has_its_connection_cleaned_up(consumer, cl
     await communicator.disconnect()
 
 
-async def test_database_free_async_consumers_skip_the_clean_up_hop(cleanups):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_database_free_consumers_skip_the_clean_up(cleanups, kind):
     from tests.conftest import make_communicator
 
-    communicator = make_communicator("/ws/echo/async/")
+    communicator = make_communicator(f"/ws/echo/{kind}/")
     assert (await communicator.connect())[0]
     cleanups.clear()
     for _ in range(5):
         await communicator.send_to(text_data="x")
         await communicator.receive_from()
-    assert cleanups == []  # EchoAsyncConsumer.uses_database is False
+    assert cleanups == []  # the echo consumers set uses_database = False
     await communicator.disconnect()
     assert connection.alias == "default"

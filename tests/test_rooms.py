@@ -308,3 +308,17 @@ async def test_the_once_a_second_sweep_leaves_a_waiting_member_its_channel(small
     layer.next_sweep = 0.0  # the sweep is due at the next call
     await layer.group_send("room.quiet", {"type": "room.message", "text": "after a quiet while"})
     assert (await asyncio.wait_for(waiting, 1))["text"] == "after a quiet while"
+
+
+async def test_a_receive_cancelled_with_its_consumer_forgets_the_channel(small_layer):
+    """Queues are kept while read, not across consumers: a queue outliving its consumer would
+    be bound to that consumer's event loop (hypothesis, reseeding ``random``, reuses names)."""
+    layer = small_layer()
+    channel = await layer.new_channel()
+    waiting = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0)  # let it reach its wait on the (empty) queue
+    assert channel in layer.channels
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert channel not in layer.channels
