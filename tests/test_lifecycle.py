@@ -127,3 +127,13 @@ def test_several_workers_need_redis():
         "serve", "--port", str(free_port()), "--workers", "2", env={"REDIS_URL": ""}
     )
     assert_one_line_error(result, "--workers 2 needs REDIS_URL")
+
+
+def test_loading_the_application_freezes_what_it_loaded_for_the_collector():
+    """A server process never walks Django and the modules again in a full collection."""
+    code = "import gc, project.asgi; print(gc.get_freeze_count())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 10_000  # Django and its modules: about 100,000 objects

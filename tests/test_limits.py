@@ -196,6 +196,37 @@ def test_the_process_cap_refuses_with_503_and_the_fd_limit_is_reported(server_en
 # --- frames ------------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
+async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_are_taken():
+    """The server's read-ahead is one message (app/server.py): a ping-pong never pauses, a
+    client that sends faster than its application reads is paused at the second message."""
+    import asyncio
+    from unittest import mock
+
+    from app.server import WebSocketProtocol
+
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)  # only what the two methods touch
+    protocol.queue, protocol.transport = asyncio.Queue(), mock.Mock()
+    protocol.read_paused, protocol.close_sent = False, False
+
+    def message_from_client(data: bytes) -> None:
+        protocol.frames, protocol.curr_msg_data_type = [data], "text"
+        protocol.send_receive_event_to_app()
+
+    message_from_client(b"one")
+    assert not protocol.transport.pause_reading.called  # ping-pong: nothing to pause for
+    assert await protocol.receive() == {"type": "websocket.receive", "text": "one"}
+    for text in (b"two", b"three", b"four"):
+        message_from_client(text)
+    assert protocol.transport.pause_reading.call_count == 1
+    assert protocol.queue.qsize() == 3  # what one read held: nothing more is read
+    for _ in range(3):
+        assert not protocol.transport.resume_reading.called
+        await protocol.receive()
+    assert protocol.transport.resume_reading.call_count == 1
+    assert not protocol.read_paused
+
+
 def test_a_ping_flood_is_closed_1008_at_the_frame_rate(server):
     sock = websocket(server.port, rcvbuf=4096)  # a client that reads nothing, not even pongs
     pings = frame(PING, b"p" * 125) * 1000
