@@ -7,6 +7,7 @@ that every field name and default of the spec is written down once.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,12 +78,18 @@ class ServerFeatures:
     @classmethod
     def from_scope(cls, scope: Scope) -> ServerFeatures:
         declared = scope.get("asgi", {}).get("spec_version") or scope.get("spec_version") or "2.0"
+        extensions = scope.get("extensions") or {}
+        return cls._shared(str(declared), "websocket.http.response" in extensions)
+
+    @classmethod
+    @functools.lru_cache(maxsize=32)
+    def _shared(cls, declared: str, denial_response: bool) -> ServerFeatures:
+        """One instance per server kind, not one per connection (0.2 KiB of an idle one)."""
         try:
-            version = tuple(int(part) for part in str(declared).split("."))
+            version = tuple(int(part) for part in declared.split("."))
         except ValueError:
             version = (2, 0)
-        extensions = scope.get("extensions") or {}
-        return cls(spec_version=version, denial_response="websocket.http.response" in extensions)
+        return cls(spec_version=version, denial_response=denial_response)
 
     @property
     def accept_headers(self) -> bool:

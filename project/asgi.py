@@ -3,7 +3,8 @@
 HTTP goes to Django. A WebSocket handshake passes the Origin check, gets the session and
 user if it traces (``SessionWhenNeeded``: Channels' ``AuthMiddlewareStack`` without its
 per-message send wrapper, for the handshakes that read the session; see ``app/middleware.py``),
-and is routed by path to a consumer in ``app.routing``.
+and is routed by path to a consumer in ``app.routing`` (Channels' ``URLRouter``, holding no
+frame per connection).
 """
 
 import gc
@@ -14,12 +15,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()  # sets Django up before the imports below touch models
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from app.handshake import allowed_hosts_origin_validator  # noqa: E402
 from app.middleware import SessionWhenNeeded  # noqa: E402
-from app.routing import websocket_urlpatterns  # noqa: E402
+from app.routing import URLRouter, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

@@ -4,7 +4,8 @@ The suite of the installed Channels version lives beside the project, in
 ``../shared/upstream/channels-<version>-tests/`` (BSD; not copied into this repository). It
 runs twice from a temporary copy, in two processes at once: as released, and with
 ``tests/upstream/lean_bases.py`` putting ``LeanAsyncConsumer``/``LeanSyncConsumer`` in
-``channels.consumer`` before anything imports them, with no settings added. Every test that
+``channels.consumer`` and the project's ``URLRouter`` in ``channels.routing`` before anything
+imports them, with no settings added. Every test that
 passes with stock Channels must pass with the project's classes.
 """
 
@@ -96,7 +97,9 @@ def test_the_lean_run_really_used_the_project_classes():
     code = (
         "import lean_bases, channels.generic.websocket as w, app.dispatch as d;"
         "assert w.AsyncWebsocketConsumer.__mro__[1] is d.LeanAsyncConsumer;"
-        "assert w.WebsocketConsumer.__mro__[1] is d.LeanSyncConsumer"
+        "assert w.WebsocketConsumer.__mro__[1] is d.LeanSyncConsumer;"
+        "import channels.routing, app.routing;"
+        "assert channels.routing.URLRouter is app.routing.URLRouter"
     )
     env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

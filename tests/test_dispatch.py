@@ -165,3 +165,25 @@ async def test_database_free_consumers_skip_the_clean_up(cleanups, kind):
     assert cleanups == []  # the echo consumers set uses_database = False
     await communicator.disconnect()
     assert connection.alias == "default"
+
+
+@pytest.mark.parametrize("path", ["/ws/echo/async/", "/ws/broadcast/sync/lobby/"])
+async def test_an_open_connection_holds_the_consumers_frame_and_no_routers_or_middlewares(path):
+    """What the server awaits for a WebSocket is the consumer's own coroutine: the Origin
+    check, ``SessionWhenNeeded``, ``URLRouter`` and ``as_asgi`` keep no frame for the
+    connection's life (ProtocolTypeRouter, Channels' own, keeps one)."""
+    from project.asgi import application
+
+    scope = {
+        "type": "websocket",
+        "path": path,
+        "headers": [(b"host", b"127.0.0.1"), (b"origin", b"http://127.0.0.1")],
+    }
+    websocket_app = application.application_mapping["websocket"]
+    coroutine = websocket_app(scope, None, None)
+    try:
+        assert coroutine.cr_code is LeanAsyncConsumer.__call__.__code__
+        routed = coroutine.cr_frame.f_locals["scope"]
+        assert routed["url_route"]["kwargs"] == ({"room": "lobby"} if "lobby" in path else {})
+    finally:
+        coroutine.close()

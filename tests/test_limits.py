@@ -197,6 +197,49 @@ def test_the_process_cap_refuses_with_503_and_the_fd_limit_is_reported(server_en
 
 
 @pytest.mark.asyncio
+async def test_an_accepted_connection_keeps_no_handshake_response():
+    """uvicorn's protocol, driven as uvicorn drives it, with an application that accepts: the
+    101 goes out, and the response it was built from is not kept for the connection's life
+    (app/server.py; 0.6 KiB of the 20 an idle connection holds, docs/performance.md)."""
+    import asyncio
+    from unittest import mock
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from app.server import WebSocketProtocol
+
+    accepted = asyncio.Event()
+
+    async def app(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        accepted.set()
+        await receive()  # open until the test ends
+
+    protocol = WebSocketProtocol(
+        Config(app, ws=WebSocketProtocol, lifespan="off"), ServerState(), {}
+    )
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = {"peername": ("127.0.0.1", 1234)}.get
+    transport.get_write_buffer_size.return_value = 0
+    transport.is_closing.return_value = False
+    protocol.connection_made(transport)
+    protocol.data_received(
+        b"GET /ws/echo/async/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(accepted.wait(), 5)
+    written = b"".join(call.args[0] for call in transport.write.call_args_list)
+    assert written.startswith(b"HTTP/1.1 101")
+    assert protocol.handshake_complete
+    assert protocol.response is None
+    protocol.connection_lost(None)
+    await asyncio.wait_for(asyncio.gather(*protocol.tasks), 5)
+
+
+@pytest.mark.asyncio
 async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_are_taken():
     """The server's read-ahead is one message (app/server.py): a ping-pong never pauses, a
     client that sends faster than its application reads is paused at the second message."""
