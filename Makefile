@@ -36,7 +36,7 @@ screenshot: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python -m tests.screenshot
 
-## bench: the echo grid (docs/benchmarks.{json,md,png}) and the room fan-out (docs/fanout.{json,md}); about 40 minutes on 2 cores
+## bench: the echo grid (docs/benchmarks.{json,md,png}) and the room fan-out (docs/fanout.{json,md}); about 50 minutes on 2 cores
 bench: $(STAMP)
 	$(BIN)/python -m bench.echo
 	$(BIN)/python -m bench.fanout
