@@ -508,7 +508,7 @@ class Outbox:
     ) -> None:
         self.server_send, self.loop, self.count = send, loop, count
         self.max_messages, self.max_bytes = max_messages, max_bytes
-        self.queue: collections.deque[Message] = collections.deque()
+        self.queue: collections.deque[tuple[Message, int]] = collections.deque()  # and its size
         self.queued_bytes = 0
         self.counting = threading.Lock()  # queued_bytes changes on both threads
         self.eager = False  # the handler has run past flush_after: hand each send over at once
@@ -522,7 +522,7 @@ class Outbox:
             raise self.error
         size = metrics.payload_bytes(message)
         with self.counting:
-            self.queue.append(message)  # appended before eager is read: see go_eager
+            self.queue.append((message, size))  # appended before eager is read: see go_eager
             self.queued_bytes += size
             full = len(self.queue) >= self.max_messages or self.queued_bytes >= self.max_bytes
         if not (full or self.eager):
@@ -559,8 +559,8 @@ class Outbox:
         try:
             while queue:
                 with self.counting:
-                    message = queue.popleft()
-                    self.queued_bytes -= metrics.payload_bytes(message)
+                    message, size = queue.popleft()
+                    self.queued_bytes -= size
                 self.count(message)
                 await self.server_send(message)
         except Exception as error:

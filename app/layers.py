@@ -146,8 +146,7 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         try:
             _, message = await queue.get()
         except asyncio.CancelledError:  # its consumer has ended: forget the queue, as Channels
-            if queue.empty() and not queue._getters and self.channels.get(channel) is queue:
-                del self.channels[channel]
+            self._forget_if_idle(channel, queue)
             raise
         remaining = self.queued_bytes.get(channel, 0) - message_bytes(message)
         if remaining > 0:
@@ -184,8 +183,13 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
                 channel,
                 self.expiry,
             )
-        if queue.empty() and not queue._getters:  # forget it only if no receive waits on it
-            self.channels.pop(channel, None)
+        self._forget_if_idle(channel, queue)
+
+    def _forget_if_idle(self, channel: str, queue: asyncio.Queue) -> None:
+        """Forget ``channel``'s queue if it is empty and no receive waits on it (the next send
+        or receive makes a new one)."""
+        if queue.empty() and not queue._getters and self.channels.get(channel) is queue:
+            del self.channels[channel]
             self.queued_bytes.pop(channel, None)
 
     def _sweep(self) -> None:
