@@ -23,12 +23,13 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import inspect
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from operator import attrgetter
 from time import perf_counter
 
@@ -67,6 +68,19 @@ FLUSH_AFTER = 0.01
 
 #: Seconds a consumer waits for its cancelled readers before it ends regardless.
 READER_STOP_TIMEOUT = 2.0
+
+
+def discard(awaitable: Awaitable[object]) -> None:
+    """Drop a ``receive()`` that was issued ahead and will not be awaited.
+
+    Most servers' ``receive`` is a coroutine function: closed unstarted, it did nothing (and
+    warns of nothing). granian's returns a future whose read has already begun: cancelled, it
+    stops reading and lets go of the connection.
+    """
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    elif (cancel := getattr(awaitable, "cancel", None)) is not None:
+        cancel()
 
 
 class UnroutableMessage(ValueError):
@@ -191,6 +205,8 @@ class Lane:
                     finisher.finished(future, None, error)
                 else:
                     finisher.finished(future, result, None)
+                # An idle lane holds nothing of its last job (its message can be 1 MiB).
+                finisher = future = fn = args = result = None
 
 
 class HandlerLanes:
@@ -310,8 +326,20 @@ class _DispatchLoop:
                     # One source: a plain loop, no task and asyncio.wait per message
                     # (await_many_dispatch), and here rather than in a method of its own: an
                     # idle connection holds one coroutine frame less (about 0.5 KiB).
-                    while True:
-                        await self.dispatch(await receive())
+                    # The next receive() is issued before this message is handled: where the
+                    # server reads as soon as it is called (granian), the next message is read
+                    # meanwhile and is there when asked for (one connection: +16 % round
+                    # trips, docs/performance.md). Elsewhere receive() is a coroutine that
+                    # does nothing until awaited. Either way one message at a time, in order.
+                    pending = receive()
+                    try:
+                        while True:
+                            message = await pending
+                            pending = receive()
+                            await self.dispatch(message)
+                            del message  # not held while idle: it can be 1 MiB
+                    finally:
+                        discard(pending)
                 else:
                     await self._two_sources(receive)
             finally:
@@ -385,18 +413,24 @@ class _DispatchLoop:
 
         async def read(source: Receive, *, then_yield: bool) -> None:
             nonlocal ended
-            while True:
-                message = await source()
-                async with turn:
-                    if ended:  # the other reader's handler ended the consumer
-                        return
-                    try:
-                        await self.dispatch(message)
-                    except BaseException:
-                        ended = True
-                        raise
-                if then_yield:
-                    await asyncio.sleep(0)
+            pending = source()  # one ahead, as in __call__
+            try:
+                while True:
+                    message = await pending
+                    pending = source()
+                    async with turn:
+                        if ended:  # the other reader's handler ended the consumer
+                            return
+                        try:
+                            await self.dispatch(message)
+                        except BaseException:
+                            ended = True
+                            raise
+                    del message
+                    if then_yield:
+                        await asyncio.sleep(0)
+            finally:
+                discard(pending)
 
         # Opt-in: a consumer with a layer_unavailable handler is told once that the layer
         # failed (any other gets the layer's exception, as with Channels); one with a

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import threading
 import time
+import weakref
+from unittest.mock import AsyncMock
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -187,3 +192,132 @@ async def test_an_open_connection_holds_the_consumers_frame_and_no_routers_or_mi
         assert routed["url_route"]["kwargs"] == ({"room": "lobby"} if "lobby" in path else {})
     finally:
         coroutine.close()
+
+
+class EagerReceive:
+    """A server's ``receive`` as granian's: each call returns a future whose read has begun.
+
+    The script's messages are there at once; past its end a future stays pending (an idle
+    client). Calling again while a future is pending fails the test: one message at a time.
+    """
+
+    def __init__(self, *messages: dict) -> None:
+        self.script = list(messages)
+        self.calls = 0
+        self.latest: asyncio.Future | None = None
+
+    def __call__(self) -> asyncio.Future:
+        assert self.latest is None or self.latest.done(), "receive() while one was pending"
+        self.calls += 1
+        self.latest = asyncio.get_running_loop().create_future()
+        if self.script:
+            self.latest.set_result(self.script.pop(0))
+        return self.latest
+
+
+class Counting:
+    """Handlers that record how many receive() calls the server had seen when each ran."""
+
+    channel_layer_alias = None
+    uses_database = False
+    server: EagerReceive
+    seen: list[int]
+
+    def record(self, event):
+        self.seen.append(self.server.calls)
+        if event["type"] == "websocket.disconnect":
+            raise StopConsumer()
+
+    websocket_connect = websocket_receive = websocket_disconnect = record
+
+
+class CountingSync(Counting, LeanSyncConsumer):
+    pass
+
+
+class CountingAsync(Counting, LeanAsyncConsumer):
+    async def websocket_connect(self, event):
+        self.record(event)
+
+    websocket_receive = websocket_disconnect = websocket_connect
+
+
+class CountingAsyncWithLayer(CountingAsync):
+    """Client events come through the two-source reader (app/dispatch.py ``_two_sources``)."""
+
+    channel_layer_alias = "default"
+
+
+SCRIPT = (
+    {"type": "websocket.connect"},
+    {"type": "websocket.receive", "text": "a"},
+    {"type": "websocket.receive", "text": "b"},
+    {"type": "websocket.disconnect", "code": 1000},
+)
+
+
+@pytest.mark.parametrize("consumer", [CountingSync, CountingAsync, CountingAsyncWithLayer])
+async def test_the_next_receive_is_issued_before_a_message_is_handled_and_dropped_at_the_end(
+    consumer,
+):
+    """On granian the next message is read while this one is handled (docs/performance.md);
+    the one issued ahead when the consumer ends is cancelled, so the server stops reading."""
+    consumer.server, consumer.seen = EagerReceive(*SCRIPT), []
+    await asyncio.wait_for(consumer.as_asgi()({"type": "websocket"}, consumer.server, None), 5)
+    assert consumer.seen == [2, 3, 4, 5]  # message k handled after receive() call k + 1
+    assert consumer.server.calls == 5
+    assert consumer.server.latest.cancelled()
+
+
+async def test_a_receive_issued_ahead_as_a_coroutine_is_closed_unstarted():
+    """uvicorn's, daphne's and hypercorn's ``receive`` is a coroutine function: the call made
+    ahead does nothing until awaited, and the last one is closed (no "never awaited")."""
+    script, started, made = list(SCRIPT), [], []
+
+    async def body():
+        started.append(True)
+        return script.pop(0)
+
+    def receive():
+        made.append(body())
+        return made[-1]
+
+    CountingAsync.server, CountingAsync.seen = EagerReceive(), []
+    await asyncio.wait_for(CountingAsync.as_asgi()({"type": "websocket"}, receive, None), 5)
+    assert len(made) == 5 and len(started) == 4
+    assert inspect.getcoroutinestate(made[-1]) == inspect.CORO_CLOSED
+
+
+class Message(dict):
+    """A message a weak reference can follow."""
+
+
+class PlainAsyncEcho(LeanAsyncConsumer):
+    channel_layer_alias = None
+    uses_database = False
+
+    async def websocket_connect(self, event):
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_receive(self, event):
+        await self.send({"type": "websocket.send", "text": event["text"]})
+
+
+@pytest.mark.parametrize("consumer", [PlainSyncEcho, PlainAsyncEcho])
+async def test_an_idle_connection_holds_no_message_it_has_handled(consumer):
+    """Reading ahead keeps the next receive, not the last message (which can be 1 MiB)."""
+    loop = asyncio.get_running_loop()
+    freed = asyncio.Event()
+    message = Message(type="websocket.receive", text="x" * 2**20)
+    watch = weakref.ref(message, lambda _: loop.call_soon_threadsafe(freed.set))  # noqa: F841
+    server = EagerReceive({"type": "websocket.connect"}, message)
+    del message
+    task = asyncio.create_task(consumer.as_asgi()({"type": "websocket"}, server, AsyncMock()))
+    try:
+        await asyncio.wait_for(freed.wait(), 5)  # while the consumer waits for the next one
+        assert server.calls == 3 and not server.latest.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert server.latest.cancelled()
