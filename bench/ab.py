@@ -1,8 +1,9 @@
 """A/B: the project's echo at a git ref against the working tree, in one run, alternating.
 
-    .venv/bin/python -m bench.ab --before HEAD~1 [--connections 100] [--rounds 6]
+    .venv/bin/python -m bench.ab --before HEAD~1 [--server uvicorn] [--connections 100] [--rounds 6]
 
-Checks the ref out into a temporary worktree, serves both trees under uvicorn side by side,
+Checks the ref out into a temporary worktree, serves both trees side by side (uvicorn through
+``manage.py serve`` as the project ships, or another server's plain command, tests/servers.py),
 and runs the same ping-pong on each echo route in alternating order, so that a change can be
 shown to be within noise (used for tracing: untraced echo must pay nothing). Prints JSON.
 
@@ -29,13 +30,15 @@ import django
 django.setup()
 
 from bench.echo import run_client  # noqa: E402
-from tests.servers import ROOT, LiveServer  # noqa: E402
+from tests.servers import ROOT, SERVERS, LiveServer  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git ref to compare the working tree with")
+    parser.add_argument("--server", choices=SERVERS, default="uvicorn")
     parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--size", type=int, default=16, help="message size in bytes")
     parser.add_argument("--messages", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
@@ -46,10 +49,9 @@ def main() -> None:
         try:
             env = {"LOG_LEVEL": "WARNING"}
             servers = {
-                "before": LiveServer(
-                    "uvicorn", env=env, cwd=before_tree
-                ),  # manage.py imports its own tree
-                "after": LiveServer("uvicorn", env=env),
+                # Each server imports the project from its own tree (its working directory).
+                "before": LiveServer(args.server, env=env, cwd=before_tree),
+                "after": LiveServer(args.server, env=env),
             }
             results: dict[str, dict[str, list[float]]] = {
                 name: {"sync": [], "async": []} for name in servers
@@ -67,7 +69,8 @@ def main() -> None:
                             url = f"{servers[name].ws_url}/ws/echo/{kind}/"
                             cpu = cpu_seconds(servers[name].process.pid)
                             figures = run_client("pingpong", "--url", url, "--connections", str(args.connections),
-                                                 "--messages", str(args.messages), timeout=300)  # fmt: skip
+                                                 "--messages", str(args.messages), "--size", str(args.size),
+                                                 timeout=300)  # fmt: skip
                             cpu_us = (
                                 (cpu_seconds(servers[name].process.pid) - cpu)
                                 / figures["messages"]
@@ -102,15 +105,33 @@ def main() -> None:
             "after_median": statistics.median(cpu_after),
             "ratio": statistics.median(cpu_after) / statistics.median(cpu_before),
         }
-    print(json.dumps({"before": args.before, "connections": args.connections, "rounds": args.rounds,
+    print(json.dumps({"before": args.before, "server": args.server, "connections": args.connections,
+                      "size": args.size, "rounds": args.rounds,
                       "results": results, "cpu_us_per_message": cpu_results, "summary": summary},
                      indent=1))  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far (/proc/PID/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time so far of process ``pid`` and the processes under it (granian
+    serves from a worker process; /proc/PID/stat, fields 14 and 15)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = fields
+    tree, seconds = {pid}, 0.0
+    while True:  # parents before children is not guaranteed: grow the tree to a fixed point
+        grown = tree | {child for child, fields in stats.items() if int(fields[1]) in tree}
+        if grown == tree:
+            break
+        tree = grown
+    for member in tree:
+        fields = stats[member]
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 if __name__ == "__main__":

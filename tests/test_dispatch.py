@@ -269,6 +269,16 @@ async def test_the_next_receive_is_issued_before_a_message_is_handled_and_droppe
     assert consumer.server.latest.cancelled()
 
 
+@pytest.mark.parametrize("consumer", [CountingSync, CountingAsync, CountingAsyncWithLayer])
+async def test_with_many_connections_the_next_receive_waits_for_the_handler(consumer, monkeypatch):
+    """Past READ_AHEAD_CONNECTIONS reading ahead costs granian more than it saves."""
+    monkeypatch.setattr("app.dispatch.READ_AHEAD_CONNECTIONS", 0)  # this connection is one too many
+    consumer.server, consumer.seen = EagerReceive(*SCRIPT), []
+    await asyncio.wait_for(consumer.as_asgi()({"type": "websocket"}, consumer.server, None), 5)
+    assert consumer.seen == [1, 2, 3, 4]  # message k handled before receive() call k + 1
+    assert consumer.server.calls == 4
+
+
 async def test_a_receive_issued_ahead_as_a_coroutine_is_closed_unstarted():
     """uvicorn's, daphne's and hypercorn's ``receive`` is a coroutine function: the call made
     ahead does nothing until awaited, and the last one is closed (no "never awaited")."""
