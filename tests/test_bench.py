@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,19 @@ def test_quick_benchmark_runs_and_the_project_beats_stock_channels(tmp_path):
     assert cells["project-async"]["msgs_per_s"] > cells["stock-async"]["msgs_per_s"]
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
     assert "| 10 | 16 B | project-async |" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_ab_counts_the_cpu_of_the_servers_worker_processes():
+    """granian serves from a worker process: bench.ab's CPU per message must include it."""
+    from bench.ab import cpu_seconds
+
+    burn = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('done', flush=True)\nsys.stdin.read()"
+    before = cpu_seconds(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline() == "done\n"  # it has spent its 0.3 s and still runs
+        assert cpu_seconds(os.getpid()) - before >= 0.28  # ours and the child's
+    finally:
+        child.communicate("")
