@@ -71,8 +71,8 @@ READER_STOP_TIMEOUT = 2.0
 
 #: Up to this many open connections in the process, a consumer calls ``receive()`` for the next
 #: message before handling the current one (``read_ahead``). Measured on granian, project async
-#: echo with and without, msg/s (docs/performance.md): 1 connection 1.16-1.25 x, 10: 1.27 x,
-#: 30: 1.07 x, 50: 0.98 x, 100: 0.79 x (and 1.34 x the CPU per message).
+#: echo, msg/s with / without (docs/performance.md): 1 connection 1.30, 10: 1.20-1.27, 30: 1.07,
+#: 50: 0.98, 100: 0.79 (and 1.34 x the CPU per message).
 READ_AHEAD_CONNECTIONS = 32
 
 
