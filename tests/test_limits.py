@@ -243,13 +243,12 @@ async def test_an_accepted_connection_keeps_no_handshake_response():
 async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_are_taken():
     """The server's read-ahead is one message (app/server.py): a ping-pong never pauses, a
     client that sends faster than its application reads is paused at the second message."""
-    import asyncio
     from unittest import mock
 
-    from app.server import WebSocketProtocol
+    from app.server import MessageQueue, WebSocketProtocol
 
     protocol = WebSocketProtocol.__new__(WebSocketProtocol)  # only what the two methods touch
-    protocol.queue, protocol.transport = asyncio.Queue(), mock.Mock()
+    protocol.queue, protocol.transport = MessageQueue(), mock.Mock()
     protocol.read_paused, protocol.close_sent = False, False
 
     def message_from_client(data: bytes) -> None:
@@ -268,6 +267,74 @@ async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_a
         await protocol.receive()
     assert protocol.transport.resume_reading.call_count == 1
     assert not protocol.read_paused
+
+
+def test_uvicorn_uses_its_message_queue_only_as_message_queue_provides():
+    """``MessageQueue`` replaces uvicorn's ``asyncio.Queue`` (app/server.py): if uvicorn starts
+    calling another method of it, this fails before a connection does."""
+    import ast
+    import inspect
+
+    from uvicorn.protocols.websockets import websockets_sansio_impl
+
+    from app.server import MessageQueue
+
+    tree = ast.parse(inspect.getsource(websockets_sansio_impl))
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "queue"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert used and used <= {"put_nowait", "get", "empty", "qsize"}, used
+    assert all(callable(getattr(MessageQueue, name)) for name in used)
+
+
+@pytest.mark.asyncio
+async def test_the_message_queue_loses_nothing_to_a_cancelled_receive_and_serves_two_readers():
+    import asyncio
+
+    from app.server import MessageQueue
+
+    queue = MessageQueue()
+    loop = asyncio.get_running_loop()
+
+    async def receive():
+        while not queue:
+            await queue.arrival(loop)
+        return queue.popleft()
+
+    # A reader cancelled after the message arrived, before it ran: the message stays queued.
+    reader = asyncio.create_task(receive())
+    await asyncio.sleep(0)  # one turn of the loop: the task starts, and waits
+    assert len(queue.waiters) == 1
+    queue.put_nowait("one")
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert await receive() == "one"
+
+    # Waits cancelled on an idle queue leave at most one future behind.
+    for _ in range(100):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(receive(), 0.001)
+    assert len(queue.waiters) <= 1
+
+    # Two readers at once: each gets one message, in order.
+    readers = [asyncio.create_task(receive()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert len(queue.waiters) == 2
+    queue.put_nowait("two")
+    queue.put_nowait("three")
+    assert sorted(await asyncio.wait_for(asyncio.gather(*readers), 5)) == ["three", "two"]
+    assert not queue and not queue.waiters
+
+    # uvicorn's own name for a read.
+    queue.put_nowait("four")
+    assert await asyncio.wait_for(queue.get(), 5) == "four"
 
 
 def test_a_ping_flood_is_closed_1008_at_the_frame_rate(server):
