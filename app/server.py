@@ -225,7 +225,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     - Invalid UTF-8 in a text frame is closed with 1007 as before, but logged as one WARNING
       line instead of an ERROR with a traceback: it is the client's fault, not the server's.
     - Speed and memory: reading pauses when a second message waits for the application, not
-      after each message; the handshake's response is dropped once the accept is sent.
+      after each message; messages wait in a ``MessageQueue``, not an ``asyncio.Queue``; the
+      handshake's response is dropped once the accept is sent.
     """
 
     #: Open (or opening) WebSockets of this process, in all and by client host.

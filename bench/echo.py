@@ -458,7 +458,8 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    command = "make bench" if not args.quick else "python -m bench.echo --quick"
+    # A run with other arguments (a targeted re-run of some cells) says so in its report.
+    command = " ".join(["python -m bench.echo", *sys.argv[1:]]) if sys.argv[1:] else "make bench"
     report = {
         "meta": {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
