@@ -394,7 +394,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     async def receive(self) -> Message:  # type: ignore[override]
-        """uvicorn's ``receive``, except that reading stays paused while writing is."""
+        """uvicorn's ``receive``, except that reading stays paused while writing is.
+
+        ``MessageQueue.get``'s wait, written out: a message of a ping-pong nearly always finds
+        the queue empty, and calling ``get`` would add a coroutine to each one (in process,
+        per message: ``asyncio.Queue`` 6.4 us, ``MessageQueue.get`` 6.0, this 5.0).
+        """
         queue = self.queue
         while not queue:
             await queue.arrival(self.loop)
