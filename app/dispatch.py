@@ -55,6 +55,45 @@ except ImportError:  # pragma: no cover - uvicorn is a dependency
         pass
 
 
+try:  # what daphne raises for a send while its closing handshake runs
+    from autobahn.exception import Disconnected
+except ImportError:  # pragma: no cover - daphne is a dependency
+
+    class Disconnected(RuntimeError):
+        pass
+
+
+#: What a server's ``send`` raises for a connection that it has closed, or that the client
+#: left (measured in issue 23: a send every millisecond while the client sends a frame with
+#: RSV1 set, a close frame, or a reset):
+#:
+#: - uvicorn: ``ClientDisconnected``, an ``OSError`` as the ASGI spec asks. (Plain uvicorn
+#:   raises ``RuntimeError`` between failing a connection and losing it; ``app/server.py``
+#:   raises ``ClientDisconnected`` there too.)
+#: - daphne: autobahn's ``Disconnected``, a ``RuntimeError``, while the closing handshake
+#:   runs; once the connection is gone the send is dropped.
+#: - hypercorn and granian: nothing; the send is dropped.
+SERVER_SEND_GONE = (OSError, Disconnected)
+
+
+class ClientGone(ClientDisconnected):
+    """The server's ``send`` found the connection closed: the client left, or the server
+    closed it for something the client did. Raised in place of whatever that server raises
+    (``SERVER_SEND_GONE``), only from the server's ``send``, so that an ``OSError`` of the
+    application's own still propagates as with Channels. The consumer ends with one INFO line.
+    """
+
+
+def from_server_send(error: Exception) -> Exception:
+    """What the consumer raises for ``error`` from the server's ``send``: ``ClientGone`` for a
+    closed connection, anything else as it is."""
+    if isinstance(error, SERVER_SEND_GONE) and not isinstance(error, ClientGone):
+        gone = ClientGone(f"{type(error).__name__}: {error}")
+        gone.__cause__ = error
+        return gone
+    return error
+
+
 logger = logging.getLogger("app.dispatch")
 
 #: Threads for sync handlers where settings has no ``SYNC_CONSUMER_THREADS``, and at most
@@ -68,6 +107,11 @@ FLUSH_AFTER = 0.01
 
 #: Seconds a consumer waits for its cancelled readers before it ends regardless.
 READER_STOP_TIMEOUT = 2.0
+
+#: Seconds a consumer whose send found the client gone waits for the server's
+#: ``websocket.disconnect`` (uvicorn has queued it already; daphne sends it once its closing
+#: handshake ends) before it handles a 1006 of its own.
+DISCONNECT_WAIT = 5.0
 
 #: Up to this many open connections in the process, a consumer calls ``receive()`` for the next
 #: message before handling the current one (``read_ahead``). Measured on granian, project async
@@ -361,14 +405,16 @@ class _DispatchLoop:
                         discard(pending)
                 else:
                     await self._two_sources(receive)
+            except ClientGone:
+                # A send after the client left, or after the server closed the connection for
+                # something the client did: the disconnect is the news, not an error.
+                self.connection_log().info("client gone before a send could reach it")
+                await self._take_disconnect(receive)
             finally:
                 if self._sync:
                     handler_lanes().release(self._lane)
         except StopConsumer:
             pass
-        except ClientDisconnected:
-            # A send after the client left: the disconnect is the news, not an error.
-            self.connection_log().info("client gone before a send could reach it")
         except UnroutableMessage as error:
             self.connection_log().error("ending the connection: %s", error)
             raise  # the server ends the connection; its log has the traceback
@@ -378,6 +424,21 @@ class _DispatchLoop:
         finally:
             live.closed()
             self._metrics.ended()
+
+    async def _take_disconnect(self, receive: Receive) -> None:
+        """After a send found the client gone: the server's ``websocket.disconnect``, handled as
+        any other, so that the consumer's clean-up runs (a room member leaves its group, which
+        would otherwise keep a dead channel until the layer expires it: a day on Redis).
+        Messages before it are dropped, since nobody can answer them; a server that sends none
+        within ``DISCONNECT_WAIT`` seconds is taken to have lost the connection (1006)."""
+        try:
+            async with asyncio.timeout(DISCONNECT_WAIT):
+                while (message := await receive())["type"] != "websocket.disconnect":
+                    pass
+        except TimeoutError:
+            message = {"type": "websocket.disconnect", "code": CloseCode.ABNORMAL_CLOSURE}
+        with contextlib.suppress(StopConsumer, ClientGone):
+            await self.dispatch(message)
 
     def _take_lane(self, send: Send) -> Callable[[Message], None]:
         """A sync consumer's lane and context for its handlers; returns its handlers' ``send``."""
@@ -593,7 +654,7 @@ class Outbox:
                 # A slow client is the server's to bound; a stopped loop would leave this
                 # thread waiting for ever, and block the interpreter's exit with it.
                 if self.loop.is_closed():
-                    raise ClientDisconnected("the server's event loop has stopped") from None
+                    raise ClientGone("the server's event loop has stopped") from None
 
     def go_eager(self) -> None:
         """On the loop, once the handler has run ``flush_after``: write what it has sent so
@@ -619,7 +680,7 @@ class Outbox:
                 self.count(message)
                 await self.server_send(message)
         except Exception as error:
-            self.error = error
+            self.error = from_server_send(error)
             with self.counting:
                 queue.clear()
                 self.queued_bytes = 0
@@ -660,7 +721,10 @@ class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
     async def send(self, message: Message) -> None:
         """Channels' ``send``, counted for the metrics."""
         self._metrics.sent(message)
-        await self.base_send(message)
+        try:
+            await self.base_send(message)
+        except SERVER_SEND_GONE as error:
+            raise from_server_send(error)  # noqa: B904 - it names its cause
 
 
 class LeanSyncConsumer(_DispatchLoop, SyncConsumer):

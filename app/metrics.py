@@ -243,10 +243,12 @@ class Connection:
             room_members.labels(self.stats.label).inc()
 
     def disconnected(self, message: Message) -> None:
-        """A ``websocket.disconnect``: the client's close, unless the server closed first."""
+        """A ``websocket.disconnect``: the client's close, unless the application closed first
+        or the server says it closed the connection itself (``initiator``, app/server.py)."""
         if self.open and not self.closed_by_server:
             self.closed_by_server = True  # counted once
-            closes.labels(self.stats.label, str(message.get("code", 1005)), "client").inc()
+            initiator = message.get("initiator", "client")
+            closes.labels(self.stats.label, str(message.get("code", 1005)), initiator).inc()
 
     def ended(self) -> None:
         if self.open:

@@ -11,6 +11,7 @@ connections get the session and the user in their scope as before, and keep the 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 
 from channels.auth import AuthMiddleware
@@ -72,3 +73,34 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response
+
+
+#: Paths this host's own probes ask over plain HTTP on the upstream port: a health check and
+#: Prometheus' scrape (README, Production).
+LOCAL_PROBES = frozenset({"/healthz", "/metrics"})
+
+
+class LocalProbesMiddleware:
+    """Answers this host's own probes of ``LOCAL_PROBES`` whatever ``Host`` they name.
+
+    Prometheus scrapes ``127.0.0.1:8000/metrics`` with ``Host: 127.0.0.1:8000``; with the
+    production recipe's ``DJANGO_ALLOWED_HOSTS=echo.example.com`` Django answered it, and a local
+    ``/healthz`` check, with 400 (and an ERROR line). Adding 127.0.0.1 to ``ALLOWED_HOSTS``
+    instead would also let pages served from 127.0.0.1 open WebSockets (the Origin check reads
+    it). Only a loopback client counts: behind nginx a request's address is the forwarded one.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path in LOCAL_PROBES and is_loopback(request.META.get("REMOTE_ADDR", "")):
+            request.get_host = request._get_raw_host  # the Host check, skipped for this request
+        return self.get_response(request)
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

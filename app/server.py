@@ -17,7 +17,7 @@ relies on fails a test.
 | time to send a request head | ``HTTP_HEADER_TIMEOUT`` (10 s) | 408, socket closed |
 | request line, one header line, header count, as websockets parses the handshake | websockets' own (8 KiB, 8 KiB, 128) | 414/431, socket closed |
 | open WebSockets per process | ``WEBSOCKET_MAX_CONNECTIONS`` (fd limit - 1,000) | 503 |
-| open WebSockets per client address | ``WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT`` (1,000) | 503 |
+| open WebSockets per client address | ``WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT`` (2,000) | 503 |
 | frames a second, control frames and fragments included | ``WEBSOCKET_FRAME_RATE`` / ``_BURST`` (50,000 / 10,000) | close 1008 |
 | fragments of one message | ``WEBSOCKET_MAX_FRAGMENTS`` (1,024) | close 1009 |
 | bytes queued for a client that does not read | ``WEBSOCKET_WRITE_BUFFER_BYTES`` (256 KiB): reading from it pauses; the app's send waits past 4x | |
@@ -36,6 +36,7 @@ from typing import Any
 import h11
 from django.conf import settings
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app import metrics
@@ -47,6 +48,14 @@ logger = logging.getLogger("app.server")
 
 #: File descriptors kept free of WebSockets for the listening socket, HTTP, Redis and the database.
 FD_RESERVE = 1_000
+
+#: Added to the ``websocket.disconnect`` of a close the server made itself (a protocol error, a
+#: bound, shutdown), so that the metrics count it as the server's (``initiator``); servers that
+#: do not say so leave the application to take a close it did not send as the client's.
+SERVER_CLOSED = {"initiator": "server"}
+
+#: Messages after which the application has closed the connection itself.
+APP_CLOSES = frozenset({"websocket.close", "websocket.http.response.body"})
 
 #: Past this many times ``WEBSOCKET_WRITE_BUFFER_BYTES`` unsent, the application's send waits.
 WRITE_BUFFER_HARD_LIMIT = 4
@@ -383,6 +392,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _closing(self, code: CloseCode, reason: str, detail: str) -> None:
         """The server closes this connection: one WARNING line, and the application is told."""
+        self._log_closing(code, detail)
+        self.close_sent = True
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": code, "reason": reason, **SERVER_CLOSED}
+        )
+
+    def _log_closing(self, code: int, detail: str) -> None:
         logger.warning(
             "closing %s for %s %s: %s",
             CloseCode.describe(code),
@@ -390,8 +406,31 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             getattr(self, "scope", {}).get("path", ""),
             detail,
         )
-        self.close_sent = True
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, with one WARNING line saying why, and the application's
+        ``websocket.disconnect`` marked as the server's close (``SERVER_CLOSED``).
+
+        websockets fails the connection for a protocol error (1002), a frame over
+        ``ws_max_size`` (1009) or invalid UTF-8 in a close reason (1007); uvicorn logs none of
+        them, so a client's 1009 at the server's limit left no trace.
+        """
+        close = self.conn.close_sent
+        self._log_closing(close.code, close.reason or str(self.conn.parser_exc))
+        super().handle_parser_exception()
+        self._mark_server_closed()
+
+    def shutdown(self) -> None:
+        """uvicorn's (1012 to an open connection), with its disconnect marked as the server's."""
+        was_open = self.handshake_complete and not self.close_sent
+        super().shutdown()
+        if was_open:
+            self._mark_server_closed()
+
+    def _mark_server_closed(self) -> None:
+        """The ``websocket.disconnect`` uvicorn has just queued came from the server's close."""
+        if self.queue and self.queue[-1].get("type") == "websocket.disconnect":
+            self.queue[-1].update(SERVER_CLOSED)
 
     async def receive(self) -> Message:  # type: ignore[override]
         """uvicorn's ``receive``, except that reading stays paused while writing is.
@@ -412,7 +451,20 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     # Client errors kept out of the ERROR log.
 
+    #: The application sent ``websocket.close`` (or a denial response): a send after that is
+    #: its own mistake, and uvicorn's RuntimeError stays.
+    app_closed = False
+
     async def send(self, message: Message) -> None:  # type: ignore[override]
+        if self.close_sent and not self.app_closed:
+            # The server closed this connection itself (a protocol error, a bound, a client that
+            # does not read): to the application the client is gone, an OSError as the ASGI spec
+            # asks. uvicorn raises RuntimeError("Unexpected ASGI message ... after sending
+            # 'websocket.close'"), which reads as an application bug and logs a traceback; a room
+            # member's queued message met it 5 times in 5 (issue 23).
+            raise ClientDisconnected("the server has closed this connection")
+        if message["type"] in APP_CLOSES:
+            self.app_closed = True
         if self.write_paused and self.transport.get_write_buffer_size() > self.hard_limit:
             self.writable.clear()  # uvicorn's send waits until resume_writing
         await super().send(message)
@@ -442,13 +494,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 message = {"type": "websocket.receive", "text": data.decode()}
             except UnicodeDecodeError as error:
-                self.logger.warning(
-                    "closing 1007 for %s: text message is not UTF-8 (%s)",
-                    peer(self.client),
-                    error.reason,
-                )
                 self.conn.send_close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
-                self.handle_parser_exception()
+                self._log_closing(
+                    CloseCode.INVALID_PAYLOAD, f"text message is not UTF-8 ({error.reason})"
+                )
+                super().handle_parser_exception()  # logged here, with the decoder's reason
+                self._mark_server_closed()
                 return None
         else:
             message = {"type": "websocket.receive", "bytes": data}

@@ -1,7 +1,6 @@
 """HTTP views: the demo page, health, trace tokens, and a clear answer to plain HTTP on /ws/."""
 
 import hmac
-import ipaddress
 import logging
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -16,6 +15,7 @@ from app import metrics
 from app.dispatch import live
 from app.explain import explain
 from app.layers import ping_redis
+from app.middleware import is_loopback
 from app.tracing import issue_token
 
 logger = logging.getLogger("app.views")
@@ -43,6 +43,9 @@ def websocket_only(request: HttpRequest) -> HttpResponse:
         content_type="text/plain; charset=utf-8",
     )
     response["Upgrade"] = "websocket"
+    # The server's access line already says it: Django would log every 4xx once more, at
+    # WARNING (django.request), for what is only a client that did not upgrade.
+    response._has_been_logged = True
     return response
 
 
@@ -101,13 +104,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
     body, content_type = metrics.exposition()
     return HttpResponse(body, content_type=content_type)
-
-
-def is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 @require_safe

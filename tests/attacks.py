@@ -2,9 +2,9 @@
 
 Also a prober, run in its own process (``python -m tests.attacks probe --port P``) so that an
 attack's load on the test process does not slow the measurement: after one unmeasured round
-(a process's first request is slow), every ``--interval`` it asks ``/healthz`` and echoes one
-message on a fresh connection (async and sync routes), and on stdin's end prints the slowest
-answer of each as JSON.
+(a process's first request is slow), it prints ``ready``; then every ``--interval`` it asks
+``/healthz`` and echoes one message on a fresh connection (async and sync routes), and on
+stdin's end prints the slowest answer of each, and when each round began, as JSON.
 """
 
 from __future__ import annotations
@@ -108,17 +108,27 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Threads for {pid}")
+
+
 class RssWatch:
-    """The server's peak RSS growth over a block, sampled every 20 ms by a thread."""
+    """The server's peak RSS growth, and its peak thread count, over a block, sampled every
+    20 ms by a thread."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.growth_mib = 0.0
+        self.threads_peak = 0
 
     def __enter__(self) -> RssWatch:
         import threading
 
         self.before = rss_mib(self.pid)
+        self.threads_before = self.threads_peak = threads(self.pid)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -127,6 +137,7 @@ class RssWatch:
     def _sample(self) -> None:
         while not self.done.wait(0.02):
             self.growth_mib = max(self.growth_mib, rss_mib(self.pid) - self.before)
+            self.threads_peak = max(self.threads_peak, threads(self.pid))
 
     def __exit__(self, *exc: object) -> None:
         self.done.set()
@@ -167,8 +178,10 @@ async def probe(port: int, interval: float) -> dict:
     for check in checks.values():  # warm up, unmeasured: a process's first request is slow
         await asyncio.wait_for(check(), 10)
     stop = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    rounds = 0
+    rounds: list[float] = []  # when each round began (time.monotonic: one clock for the machine)
+    print("ready", flush=True)  # Prober starts the attack on this line
     while not stop.done():
+        rounds.append(time.monotonic())
         for name, check in checks.items():
             started = time.monotonic()
             try:
@@ -176,7 +189,6 @@ async def probe(port: int, interval: float) -> dict:
             except Exception as error:
                 failures.append(f"{name}: {type(error).__name__}: {error}")
             slowest[name] = max(slowest[name], time.monotonic() - started)
-        rounds += 1
         await asyncio.wait([stop], timeout=interval)
     return {"slowest_s": slowest, "failures": failures, "rounds": rounds}
 
@@ -184,7 +196,7 @@ async def probe(port: int, interval: float) -> dict:
 class Prober:
     """The prober process around an attack: ``with Prober(port) as prober: ...; prober.result``."""
 
-    def __init__(self, port: int, interval: float = 0.2) -> None:
+    def __init__(self, port: int, interval: float = 0.1) -> None:
         self.port, self.interval = port, interval
         self.result: dict | None = None
 
@@ -198,15 +210,29 @@ class Prober:
              "--interval", str(self.interval)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        # The attack starts once the prober measures: its first line comes after the warm-up.
+        ready = self.process.stdout.readline()
+        if ready.strip() != "ready":
+            self.process.kill()
+            raise RuntimeError(f"the prober did not start: {ready!r}")
+        self.started = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.ended = time.monotonic()
         output, _ = self.process.communicate(input="", timeout=30)
         self.result = json.loads(output)
 
-    def assert_responsive(self, within: float = 0.5) -> None:
-        """Every probe answered, each within ``within`` seconds."""
-        assert self.result is not None and self.result["rounds"] >= 1, self.result
+    def rounds_inside(self) -> int:
+        """Probe rounds that began while the attack ran (between enter and exit)."""
+        assert self.result is not None
+        return sum(self.started <= began <= self.ended for began in self.result["rounds"])
+
+    def assert_responsive(self, within: float = 0.5, *, rounds: int = 2) -> None:
+        """At least ``rounds`` probe rounds began during the attack, and every probe answered,
+        each within ``within`` seconds."""
+        assert self.result is not None
+        assert self.rounds_inside() >= rounds, (self.rounds_inside(), self.ended - self.started)
         assert self.result["failures"] == [], self.result
         assert max(self.result["slowest_s"].values()) < within, self.result
 

@@ -18,15 +18,34 @@ gc.unfreeze()  # project/asgi.py freezes what a server loaded; this process is n
 UVICORN_SCOPE = {"spec_version": "2.4"}
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """With REQUIRE_ALL_TESTS=1 (CI), a skipped test is a failed test: nothing is quietly left out."""
-    outcome = yield
-    report = outcome.get_result()
+def _forbid_skip(report) -> None:
+    """With REQUIRE_ALL_TESTS=1 (CI), a skip is a failure: nothing is quietly left out."""
     if report.skipped and os.environ.get("REQUIRE_ALL_TESTS") == "1":
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, but REQUIRE_ALL_TESTS=1 forbids skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that skips (a marker, ``pytest.skip``, a fixture's skip)."""
+    _forbid_skip((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module that skips at collection (``pytest.skip(allow_module_level=True)``): no
+    test of it ever reaches ``pytest_runtest_makereport``."""
+    _forbid_skip((yield).get_result())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_server_logs():
+    """Each test's ``wait_for_log`` sees only the lines written during that test."""
+    from tests.servers import LiveServer
+
+    for server in list(LiveServer.live):
+        server.mark()
 
 
 def make_communicator(

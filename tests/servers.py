@@ -15,8 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 from django.conf import settings
 
@@ -95,7 +97,14 @@ def server_command(
 
 
 class LiveServer:
-    """One server process on a free loopback port."""
+    """One server process on a free loopback port.
+
+    ``wait_for_log`` searches the log from ``since``: the conftest marks every live server's
+    log at the start of each test, so a line an earlier test caused cannot satisfy a later one.
+    """
+
+    #: The servers not yet stopped, for the conftest's per-test mark.
+    live: ClassVar[weakref.WeakSet[LiveServer]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -119,6 +128,12 @@ class LiveServer:
             start_new_session=True,
         )
         self.returncode: int | None = None
+        self.since = 0  # where wait_for_log starts reading the log
+        LiveServer.live.add(self)
+
+    def mark(self) -> None:
+        """From now on, ``wait_for_log`` matches only lines written after this point."""
+        self.since = len(self.log())
 
     @property
     def http_url(self) -> str:
@@ -137,11 +152,12 @@ class LiveServer:
         return Path(self.log_file.name).read_text(errors="replace")
 
     def wait_for_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
-        """Wait until a log line matches ``pattern`` (a regex) and return the match."""
+        """Wait until a log line written since ``mark()`` matches ``pattern`` (a regex) and
+        return the match."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            match = regex.search(self.log())
+            match = regex.search(self.log()[self.since :])
             if match:
                 return match
             if time.monotonic() > deadline:
@@ -162,6 +178,7 @@ class LiveServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.returncode = self.process.wait()
         self.log_file.close()
+        LiveServer.live.discard(self)
         return self.returncode
 
     def __enter__(self) -> LiveServer:

@@ -100,16 +100,36 @@ def test_a_stopped_server_is_explained_and_the_page_can_connect_again(browser, s
     context.close()
 
 
+@pytest.mark.allow_console_errors(REFUSED)
 def test_auto_reconnect_backs_off_and_close_cancels_it(page):
+    """0.5 s, then 1 s, then 2 s while each reconnect is refused; Close while one waits cancels
+    it for good. The page's clock is Playwright's, so the delays are exact and nothing sleeps."""
+    page.clock.install()
+    page.reload()
     page.check("#reconnect")
     connect(page, "async")
+    # From now on every reconnect is refused at the handshake (404: no such consumer).
+    page.evaluate("echoClient.connection.options.consumer = 'nope'")
     page.click("#send-oversize")  # the server closes with 1009: not the page's doing
-    expect(entries(page, "reconnect").first).to_contain_text("reconnecting in 0.5 s (attempt 1)")
-    expect(entries(page, "open")).to_have_count(2)
-    expect(state(page)).to_have_text("open")
-    page.click("#close")
+    reconnects = entries(page, "reconnect")
+    expect(reconnects.nth(0)).to_contain_text("reconnecting in 0.5 s (attempt 1)")
+    page.clock.run_for(499)
+    expect(reconnects).to_have_count(1)  # not before its time
+    page.clock.run_for(1)
+    expect(reconnects.nth(1)).to_contain_text("reconnecting in 1.0 s (attempt 2)")
+    page.clock.run_for(1000)
+    expect(reconnects.nth(2)).to_contain_text("reconnecting in 2.0 s (attempt 3)")
+    expect(state(page)).to_have_text("waiting")
+    page.click("#close")  # while the third reconnect waits
     expect(state(page)).to_have_text("closed")
-    expect(entries(page, "reconnect")).to_have_count(1)  # the page closed: no reconnect
+    expect(reconnects.nth(3)).to_contain_text("reconnecting cancelled")
+    connects = page.evaluate("echoClient.connection.generation")  # one more for each connect()
+    page.clock.run_for(60_000)  # past any delay: a timer left running would fire now
+    assert page.evaluate("echoClient.connection.generation") == connects
+    expect(state(page)).to_have_text("closed")
+    expect(reconnects).to_have_count(4)
+    expect(entries(page, "open")).to_have_count(1)
+    assert page.evaluate("echoClient.connection.socket") is None
 
 
 # --- the log: fast, capped, and the reader keeps their place -------------------------------
@@ -254,10 +274,10 @@ def test_enter_while_disconnected_says_so(page):
 def test_focus_moves_to_the_text_box_on_open_and_to_connect_on_close(page):
     connect(page, "sync")
     expect(page.locator("#text")).to_be_focused()
-    page.click("#close")
+    page.click("#close")  # Close has the focus, and is disabled once closed
     expect(state(page)).to_have_text("closed")
-    page.locator("#close").evaluate("(el) => el.blur()")
     expect(page.locator("#connect")).to_be_enabled()
+    expect(page.locator("#connect")).to_be_focused()
 
 
 def test_the_log_is_a_log_and_errors_are_alerts(page):

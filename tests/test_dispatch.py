@@ -60,14 +60,17 @@ async def test_sync_handlers_of_different_connections_run_at_the_same_time():
         await communicator.disconnect()
 
 
-async def test_four_connections_of_one_second_blocking_work_take_under_one_and_a_half_seconds():
+async def test_four_connections_of_one_second_blocking_work_take_less_than_serialised():
+    """The behaviour a user sees. Serialised, four 1 s sleeps take at least 4 s, whatever the
+    machine; side by side about 1 s. The margin (3.5 s) is for a loaded 2-core machine; the
+    barrier test above is the exact check."""
     communicators = await open_connections(BlockingSync, 4)
     started = time.monotonic()
     for communicator in communicators:
         await communicator.send_to(text_data="sleep")
     for communicator in communicators:
         assert await communicator.receive_from(timeout=5) == "sleep"
-    assert time.monotonic() - started < 1.5  # serialised, it would take 4 s (channels#2132)
+    assert time.monotonic() - started < 3.5  # serialised, at least 4 s (channels#2132)
     for communicator in communicators:
         await communicator.disconnect()
 

@@ -6,7 +6,9 @@ Across ``--workers``, tests/test_nginx.py checks that every scrape reports all w
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import time
 
 import pytest
 from django.test import Client, override_settings
@@ -14,6 +16,7 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
+from tests.attacks import PING, TEXT, close_code, frame, read_until_closed, websocket
 
 pytestmark = pytest.mark.django_db
 
@@ -184,26 +187,67 @@ def test_metrics_can_be_turned_off():
 
 
 @pytest.mark.server
+def scraped_text(port: int) -> str:
+    """A live server's ``/metrics``, as Prometheus asks for it on the upstream port."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    assert response.status == 200, response.status
+    return response.read().decode()
+
+
+def scraped(port: int, name: str, labels: dict[str, str]) -> float:
+    """One sample of a live server's ``/metrics`` (0 where it has none yet)."""
+    for family in text_string_to_metric_families(scraped_text(port)):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 def test_a_servers_own_refusal_is_counted(uvicorn_server):
     """The 431 that app/server.py answers before any consumer runs, in the live server."""
-
-    def refused() -> float:
-        connection = http.client.HTTPConnection("127.0.0.1", uvicorn_server.port, timeout=5)
-        connection.request("GET", "/metrics")
-        body = connection.getresponse().read().decode()
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                if sample.name == "channels_echo_refusals_total" and sample.labels == {
-                    "reason": "header_too_large"
-                }:
-                    return sample.value
-        return 0.0
-
-    before = refused()
+    refusals = ("channels_echo_refusals_total", {"reason": "header_too_large"})
+    before = scraped(uvicorn_server.port, *refusals)
     connection = http.client.HTTPConnection("127.0.0.1", uvicorn_server.port, timeout=5)
     connection.request("GET", "/", headers={"X-Big": "x" * 20_000})
     assert connection.getresponse().status == 431
-    assert refused() == before + 1
+    assert scraped(uvicorn_server.port, *refusals) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("code", "frames"),
+    [
+        (1002, lambda: bytes([0xC1, 0x80, 0, 0, 0, 0])),  # RSV1 set, no extension negotiated
+        (1007, lambda: frame(TEXT, b"\xff\xfe")),  # invalid UTF-8
+        (1008, lambda: frame(PING) * 12_000),  # past the frame rate's burst
+        (1009, lambda: bytes([0x82, 0xFF]) + (2**20 + 1).to_bytes(8, "big") + bytes(4)),
+    ],
+    ids=["protocol-error", "invalid-utf8", "frame-rate", "frame-over-server-limit"],
+)
+def test_closes_the_server_makes_are_counted_as_the_servers(uvicorn_server, code, frames):
+    """A close the server layer makes (not the application, not the client) is ``server``:
+    before, every close the application did not send counted as the client's."""
+    closes = "channels_echo_websocket_closes_total"
+    labels = {"consumer": "EchoAsyncConsumer", "code": str(code)}
+    before = {
+        who: scraped(uvicorn_server.port, closes, {**labels, "initiator": who})
+        for who in ("server", "client")
+    }
+    sock = websocket(uvicorn_server.port, "/ws/echo/async/")
+    with sock, contextlib.suppress(OSError):
+        sock.sendall(frames())
+        assert close_code(read_until_closed(sock)) == code
+    deadline = time.monotonic() + 5
+    while (
+        scraped(uvicorn_server.port, closes, {**labels, "initiator": "server"}) == before["server"]
+    ):
+        assert time.monotonic() < deadline, "the server's close was not counted as the server's"
+        time.sleep(0.05)  # poll interval of the live server's metrics
+    assert (
+        scraped(uvicorn_server.port, closes, {**labels, "initiator": "client"}) == before["client"]
+    )
+    uvicorn_server.wait_for_log(rf"closing {code} \S+ for 127\.0\.0\.1:\d+ /ws/echo/async/: ")
 
 
 @pytest.mark.asyncio
@@ -222,3 +266,38 @@ async def test_layer_drops_and_the_losses_members_find_are_counted():
         await layer.group_send("room.counted", {"type": "room.message", "text": "x"})
     Session(consumer="async", scope={"type": "websocket"}).fell_behind(2)
     assert delta() == {"full": 2, "lost": 2}
+
+
+def test_the_production_recipe_serves_local_scrapes_and_health_checks(server_env):
+    """The README's production environment, word for word: Prometheus scrapes the upstream port
+    over plain HTTP with ``Host: 127.0.0.1:PORT``; so does a local health check. (Before: 301 to
+    an https port that speaks HTTP, then 400 for a Host not in ``DJANGO_ALLOWED_HOSTS``.) A
+    foreign Host from a non-local client is still refused."""
+    import secrets
+
+    from tests.servers import LiveServer
+
+    production = {
+        **server_env,
+        "DJANGO_ENV": "production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "echo.example.com",
+        "BEHIND_PROXY": "1",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
+    with LiveServer("uvicorn", env=production) as server:
+        for path, type_ in (("/metrics", "text/plain"), ("/healthz", "application/json")):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert (response.status, response.getheader("Location")) == (200, None), path
+            assert response.getheader("Content-Type").startswith(type_)
+        assert "channels_echo_websocket_connections" in scraped_text(server.port)
+        # Through the proxy (a forwarded, non-local address), the Host check still holds.
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request(
+            "GET",
+            "/healthz",
+            headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
+        )
+        assert connection.getresponse().status == 400

@@ -12,6 +12,7 @@ import asyncio
 import http.client
 import os
 import re
+import secrets
 import shutil
 import signal
 import ssl
@@ -117,8 +118,11 @@ def stack(tmp_path_factory, redis_server, server_env):
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    env = {
+    env = {  # the README's production recipe, for this machine's site (127.0.0.1)
         **server_env,
+        "DJANGO_ENV": "production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "REDIS_URL": redis_server.url,
         "BEHIND_PROXY": "1",
         "FORWARDED_ALLOW_IPS": "127.0.0.1",

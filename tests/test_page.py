@@ -1,5 +1,7 @@
 """The demo page and plain HTTP, through Django's test client."""
 
+import logging
+
 import pytest
 from django.conf import settings
 
@@ -41,10 +43,13 @@ def test_page_refuses_post(client):
 
 
 @pytest.mark.parametrize("path", ["/ws/echo/sync/", "/ws/echo/async/", "/ws/anything"])
-def test_plain_http_to_a_websocket_path_is_426_not_500(client, path):
-    response = client.get(path)
+def test_plain_http_to_a_websocket_path_is_426_not_500(client, path, caplog):
+    with caplog.at_level(logging.INFO, logger="django.request"):
+        response = client.get(path)
     assert response.status_code == 426
     assert response["Upgrade"] == "websocket"
+    # The server's access line is the one line for it: Django logs any 4xx again at WARNING.
+    assert [r for r in caplog.records if r.name == "django.request"] == []
 
 
 @pytest.mark.parametrize(

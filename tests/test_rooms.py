@@ -16,6 +16,11 @@ from app.rooms import MAX_ROOM_NAME_LENGTH
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
+#: A room message sent by the test after the others: a member's next message must be this one
+#: if nothing else was queued for it (instead of waiting a fixed time for nothing to come).
+LAST = {"type": "room.message", "text": "last, from the test"}
+
+
 def new_room() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
@@ -49,7 +54,9 @@ async def test_every_member_gets_every_message_sender_included(communicator_fact
     orders = []
     for communicator in members:
         orders.append((await communicator.receive_from(), await communicator.receive_from()))
-        assert await communicator.receive_nothing()
+    await get_channel_layer().group_send(f"room.{room}", LAST)
+    for communicator in members:
+        assert await communicator.receive_from() == LAST["text"]  # nothing else before it
         await communicator.disconnect()
     # Two senders on two connections: no order between them, but one order for the whole room.
     assert set(orders[0]) == {"to everyone", b"\x00bytes\xff"}
@@ -81,13 +88,17 @@ async def test_a_custom_event_reaches_its_named_handler(communicator_factory, ki
 
 
 async def test_members_of_other_rooms_hear_nothing(communicator_factory):
+    other_room = new_room()
     here, elsewhere = (
         await member(communicator_factory, new_room()),
-        await member(communicator_factory, new_room()),
+        await member(communicator_factory, other_room),
     )
     await here.send_to(text_data="only here")
     assert await here.receive_from() == "only here"
-    assert await elsewhere.receive_nothing()
+    # Delivered to "here", so queued for every member of its room by now. "elsewhere"'s next
+    # message is one sent to its own room afterwards: nothing of the other room came first.
+    await get_channel_layer().group_send(f"room.{other_room}", LAST)
+    assert await elsewhere.receive_from() == LAST["text"]
 
 
 async def test_oversize_message_in_a_room_closes_with_1009(communicator_factory, kind, settings):
