@@ -68,7 +68,7 @@ except ImportError:  # pragma: no cover - daphne is a dependency
 #: RSV1 set, a close frame, or a reset):
 #:
 #: - uvicorn: ``ClientDisconnected``, an ``OSError`` as the ASGI spec asks. (Plain uvicorn
-#:   raises ``RuntimeError`` between failing a connection and losing it; ``app/server.py``
+#:   raises ``RuntimeError`` between failing a connection and losing it; ``app/server/``
 #:   raises ``ClientDisconnected`` there too.)
 #: - daphne: autobahn's ``Disconnected``, a ``RuntimeError``, while the closing handshake
 #:   runs; once the connection is gone the send is dropped.

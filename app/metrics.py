@@ -244,7 +244,7 @@ class Connection:
 
     def disconnected(self, message: Message) -> None:
         """A ``websocket.disconnect``: the client's close, unless the application closed first
-        or the server says it closed the connection itself (``initiator``, app/server.py)."""
+        or the server says it closed the connection itself (``initiator``, app/server/)."""
         if self.open and not self.closed_by_server:
             self.closed_by_server = True  # counted once
             initiator = message.get("initiator", "client")

@@ -1,0 +1,98 @@
+"""``WebSocketProtocol``: uvicorn's default WebSocket protocol with the project's parts.
+
+Each part lives in the module named for its subject; this class composes them and keeps the
+two methods every message passes through, ``send`` here and ``receive`` in ``flow``, each
+in one piece: split across the parts, a message would pay one more coroutine per part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.conf import settings
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from app import metrics
+from app.protocol import Message, peer
+from app.server.caps import ConnectionCaps
+from app.server.closing import APP_CLOSES, ServerCloses, logger
+from app.server.flow import WRITE_BUFFER_HARD_LIMIT, FlowControl
+from app.server.frames import FramePolicy
+from app.server.http import http_refusal
+from app.server.queue import MessageQueue
+from app.session import TokenBucket
+
+
+class WebSocketProtocol(
+    FramePolicy, FlowControl, ServerCloses, ConnectionCaps, WebSocketsSansIOProtocol
+):
+    """uvicorn's default WebSocket protocol, bounded, and with client errors kept out of the
+    ERROR log.
+
+    - ``caps``: connections past the process's or one address's cap get 503.
+    - ``frames``: every frame takes a token (1008 past the rate), at most
+      ``WEBSOCKET_MAX_FRAGMENTS`` fragments a message (1009), invalid UTF-8 closed 1007 with
+      one WARNING line.
+    - ``flow``: a client that does not read is not read from, then dropped (1008).
+    - ``closing``: every close the server makes is one WARNING line and a disconnect marked
+      as the server's; a send after it raises ``ClientDisconnected``.
+    - Here: a handshake that websockets itself refuses (a request line over 8 KiB: 414; a
+      header line over 8 KiB or more than 128 headers: 431) was answered in websockets' output
+      buffer, which uvicorn never writes, and the socket stayed open: both are done here. A
+      refused handshake (a 403 or 404 sent through the ``websocket.http.response`` extension)
+      also logs "ASGI callable returned without completing handshake" at ERROR (uvicorn PR
+      #3138, open at the time of writing): the handshake is marked done. The handshake's
+      response is dropped once the accept is sent, and messages wait in a ``MessageQueue``,
+      not an ``asyncio.Queue``.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.queue = MessageQueue()  # type: ignore[assignment]  # uvicorn's is an asyncio.Queue
+        self.frame_budget = TokenBucket(
+            settings.WEBSOCKET_FRAME_RATE, settings.WEBSOCKET_FRAME_BURST
+        )
+        self.transport.set_write_buffer_limits(high=settings.WEBSOCKET_WRITE_BUFFER_BYTES)
+        self.hard_limit = WRITE_BUFFER_HARD_LIMIT * settings.WEBSOCKET_WRITE_BUFFER_BYTES
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            not self.handshake_initiated
+            and self.conn.handshake_exc is not None
+            and not self.transport.is_closing()
+        ):
+            # websockets refused the request: its 414 or 431 is in data_to_send; for a request
+            # it cannot parse at all it has only an end of stream, so the 400 is ours.
+            why = f"handshake {self.conn.handshake_exc}"
+            response = b"".join(self.conn.data_to_send())
+            metrics.refused("header_too_large" if response else "bad_handshake")
+            response = response or http_refusal(400, "Bad Request", why)
+            self.transport.write(response)
+            self.transport.close()
+            self.close_sent = True
+            logger.warning("refused %s: %s", peer(self.client), why)
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        if self.close_sent and not self.app_closed:
+            # The server closed this connection itself (a protocol error, a bound, a client that
+            # does not read): to the application the client is gone, an OSError as the ASGI spec
+            # asks. uvicorn raises RuntimeError("Unexpected ASGI message ... after sending
+            # 'websocket.close'"), which reads as an application bug and logs a traceback; a room
+            # member's queued message met it 5 times in 5 (issue 23).
+            raise ClientDisconnected("the server has closed this connection")
+        if self.write_paused and self.transport.get_write_buffer_size() > self.hard_limit:
+            self.writable.clear()  # uvicorn's send waits until resume_writing
+        await super().send(message)
+        kind = message["type"]
+        if kind == "websocket.send":
+            return  # nearly every message: one comparison
+        if kind in APP_CLOSES:  # set after uvicorn's send, which does not yield once it closes
+            self.app_closed = True
+        if kind == "websocket.accept" and self.handshake_complete:
+            # uvicorn keeps the handshake's response, headers and all, for the connection's
+            # life, and reads it only to send the accept: 0.6 KiB of an idle connection.
+            self.response = None
+        elif kind == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
