@@ -267,7 +267,7 @@ SERVER_MAX_MESSAGE_BYTES = env_int("SERVER_MAX_MESSAGE_BYTES", 4 * ECHO_MAX_MESS
 BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
 FORWARDED_ALLOW_IPS = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-# Bounds on what one client can make the server hold (app/server.py has the table; each one is
+# Bounds on what one client can make the server hold (app/server/ has the table; each one is
 # attacked by tests/test_limits.py). None throttles an honest client: see docs/hardening.md.
 #: Request line and headers of one request, in bytes: past it, 431 and the socket closed.
 HTTP_MAX_HEADER_BYTES = env_int("HTTP_MAX_HEADER_BYTES", 16 * 1024)

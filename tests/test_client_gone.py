@@ -1,6 +1,6 @@
 """A send to a connection that is already closed: the client's doing, never an ERROR (issue 23).
 
-Two layers. The project's server (``app/server.py``) raises an ``OSError`` for a send after it
+Two layers. The project's server (``app/server/``) raises an ``OSError`` for a send after it
 failed a connection itself, where plain uvicorn raises ``RuntimeError``. The base classes
 (``app/dispatch.py``) turn what each server raises there (``SERVER_SEND_GONE``, measured per
 server) into one ``ClientGone``, end the consumer with one INFO line, and still run its

@@ -220,7 +220,7 @@ def test_the_process_cap_refuses_with_503_and_the_fd_limit_is_reported(server_en
 async def test_an_accepted_connection_keeps_no_handshake_response():
     """uvicorn's protocol, driven as uvicorn drives it, with an application that accepts: the
     101 goes out, and the response it was built from is not kept for the connection's life
-    (app/server.py; 0.6 KiB of the 20 an idle connection holds, docs/performance.md)."""
+    (app/server/; 0.6 KiB of the 20 an idle connection holds, docs/performance.md)."""
     import asyncio
     from unittest import mock
 
@@ -261,7 +261,7 @@ async def test_an_accepted_connection_keeps_no_handshake_response():
 
 @pytest.mark.asyncio
 async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_are_taken():
-    """The server's read-ahead is one message (app/server.py): a ping-pong never pauses, a
+    """The server's read-ahead is one message (app/server/): a ping-pong never pauses, a
     client that sends faster than its application reads is paused at the second message."""
     from unittest import mock
 
@@ -290,7 +290,7 @@ async def test_reading_pauses_once_a_second_message_waits_and_resumes_when_all_a
 
 
 def test_uvicorn_uses_its_message_queue_only_as_message_queue_provides():
-    """``MessageQueue`` replaces uvicorn's ``asyncio.Queue`` (app/server.py): if uvicorn starts
+    """``MessageQueue`` replaces uvicorn's ``asyncio.Queue`` (app/server/): if uvicorn starts
     calling another method of it, this fails before a connection does."""
     import ast
     import inspect

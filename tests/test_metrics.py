@@ -206,7 +206,7 @@ def scraped(port: int, name: str, labels: dict[str, str]) -> float:
 
 
 def test_a_servers_own_refusal_is_counted(uvicorn_server):
-    """The 431 that app/server.py answers before any consumer runs, in the live server."""
+    """The 431 that app/server/ answers before any consumer runs, in the live server."""
     refusals = ("channels_echo_refusals_total", {"reason": "header_too_large"})
     before = scraped(uvicorn_server.port, *refusals)
     connection = http.client.HTTPConnection("127.0.0.1", uvicorn_server.port, timeout=5)
