@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test lint format bench screenshot soak
+.PHONY: run test lint format bench screenshot soak conformance
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ screenshot: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.echo
 	$(BIN)/python -m bench.fanout
+
+## conformance: the Autobahn TestSuite (kosoku) against the project under each server and the peers; writes docs/conformance.md
+conformance: $(STAMP)
+	$(BIN)/python -m bench.conformance
 
 ## soak: ten minutes of steady echo load with churn; writes docs/soak.{json,png}
 soak: $(STAMP)

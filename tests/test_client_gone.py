@@ -121,6 +121,10 @@ async def send_after_the_server_failed_the_connection(protocol_class, *, app_clo
         await send({"type": "websocket.accept"})
         if app_closes_first:
             await send({"type": "websocket.close", "code": 1000})
+        # As a room member: one task waits for the client (so the server has nothing left for
+        # the application to answer, and closes at once), another sends what the room sent.
+        waiting = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
         ready.set()
         await failed.wait()
         try:
@@ -128,6 +132,7 @@ async def send_after_the_server_failed_the_connection(protocol_class, *, app_clo
             outcome["error"] = None
         except Exception as error:
             outcome["error"] = error
+        waiting.cancel()
 
     protocol, _ = drive(protocol_class, app)
     await asyncio.wait_for(ready.wait(), 5)

@@ -220,7 +220,7 @@ def test_a_servers_own_refusal_is_counted(uvicorn_server):
     [
         (1002, lambda: bytes([0xC1, 0x80, 0, 0, 0, 0])),  # RSV1 set, no extension negotiated
         (1007, lambda: frame(TEXT, b"\xff\xfe")),  # invalid UTF-8
-        (1008, lambda: frame(PING) * 12_000),  # past the frame rate's burst
+        (1008, lambda: frame(PING) * 40_000),  # past the frame rate's burst
         (1009, lambda: bytes([0x82, 0xFF]) + (2**20 + 1).to_bytes(8, "big") + bytes(4)),
     ],
     ids=["protocol-error", "invalid-utf8", "frame-rate", "frame-over-server-limit"],

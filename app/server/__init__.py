@@ -18,8 +18,8 @@ relies on fails a test.
 | request line, one header line, header count, as websockets parses the handshake | websockets' own (8 KiB, 8 KiB, 128) | 414/431, socket closed |
 | open WebSockets per process | ``WEBSOCKET_MAX_CONNECTIONS`` (fd limit - 1,000) | 503 |
 | open WebSockets per client address | ``WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT`` (2,000) | 503 |
-| frames a second, control frames and fragments included | ``WEBSOCKET_FRAME_RATE`` / ``_BURST`` (50,000 / 10,000) | close 1008 |
-| fragments of one message | ``WEBSOCKET_MAX_FRAGMENTS`` (1,024) | close 1009 |
+| frames a second, control frames and fragments included | ``WEBSOCKET_FRAME_RATE`` / ``_BURST`` (50,000 / a message at the limit in 64 B fragments, 16,384) | close 1008 |
+| bytes of one message, fragments included | ``SERVER_MAX_MESSAGE_BYTES`` (uvicorn's ``ws_max_size``), the fragments in one buffer | close 1009 |
 | bytes queued for a client that does not read | ``WEBSOCKET_WRITE_BUFFER_BYTES`` (256 KiB): reading from it pauses; the app's send waits past 4x | |
 | time the queue stays over that mark | ``WEBSOCKET_SEND_TIMEOUT`` (10 s) | close 1008, socket dropped |
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from uvicorn.protocols.utils import ClientDisconnected
+from websockets.frames import Frame, Opcode
 
-from app.protocol import CloseCode, peer
+from app.protocol import CloseCode, Message, peer
 
 logger = logging.getLogger("app.server")
 
@@ -28,6 +30,9 @@ class ServerCloses:
     #: The application sent ``websocket.close`` (or a denial response): a send after that is
     #: its own mistake, and uvicorn's RuntimeError stays.
     app_closed = False
+    #: The close frame that waits until the application has answered what came before the
+    #: client's violation (``handle_parser_exception``); None otherwise.
+    close_after_answers: bytes | None = None
 
     def _fail(self, code: CloseCode, reason: str, detail: str = "") -> None:
         """Close an abusive connection now: a close frame with ``reason``, the socket closed, the
@@ -60,17 +65,67 @@ class ServerCloses:
         )
 
     def handle_parser_exception(self) -> None:
-        """uvicorn's, with one WARNING line saying why, and the application's
-        ``websocket.disconnect`` marked as the server's close (``SERVER_CLOSED``).
+        """uvicorn's, with one WARNING line saying why, the application's
+        ``websocket.disconnect`` marked as the server's close (``SERVER_CLOSED``), and what the
+        client sent before its violation answered before the close.
 
         websockets fails the connection for a protocol error (1002), a frame over
-        ``ws_max_size`` (1009) or invalid UTF-8 in a close reason (1007); uvicorn logs none of
-        them, so a client's 1009 at the server's limit left no trace.
+        ``ws_max_size`` (1009) or invalid UTF-8 (1007); uvicorn logs none of them, so a client's
+        1009 at the server's limit left no trace. And uvicorn dropped the messages read in the
+        same chunk before the bad frame, and wrote the close at once: Autobahn's strict answer
+        (3.2-3.4, 4.1.3-4.2.5, 5.15) is their echo, then the close. Here they are delivered, and
+        the close waits until the application has taken the disconnect that follows them (so
+        it has answered them), ``close_timeout`` at most; nothing read after the bad frame is.
         """
         close = self.conn.close_sent
         self._log_closing(close.code, close.reason or str(self.conn.parser_exc))
-        super().handle_parser_exception()
-        self._mark_server_closed()
+        if not self._answers_pending():
+            super().handle_parser_exception()
+            self._mark_server_closed()
+            return
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+            | SERVER_CLOSED
+        )
+        self.close_sent = True  # for uvicorn: nothing more is read into the queue
+        self.close_after_answers = b"".join(self.conn.data_to_send())
+        self.close_timer = self.loop.call_later(self.close_timeout, self.close_now)
+
+    def _answers_pending(self) -> bool:
+        """Whether the application may still answer what it was sent: a message waits for it,
+        or it has taken one and not yet come back for the next."""
+        waiting = any(not waiter.done() for waiter in self.queue.waiters)
+        return bool(self.queue) or not waiting
+
+    def close_now(self) -> None:
+        """Write the close that waited for the application's answers, and close the socket."""
+        output, self.close_after_answers = self.close_after_answers, None
+        if output is None:
+            return
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(output)
+            self.transport.close()
+
+    def answer_before_close(self, message: Message) -> None:
+        """A send while the close waits for the application's answers: a message goes out as
+        a frame of its own (websockets, past its close, sends none), a close lets the waiting
+        close go now. (``send`` calls this instead of raising ``ClientDisconnected``.)"""
+        kind = message["type"]
+        if self.transport.is_closing():  # the close went at its deadline, or the client left
+            raise ClientDisconnected("the server has closed this connection")
+        if kind == "websocket.send":
+            data = message.get("bytes")
+            opcode = Opcode.BINARY if data is not None else Opcode.TEXT
+            if data is None:
+                data = message["text"].encode()
+            frame = Frame(opcode, data).serialize(mask=False, extensions=self.conn.extensions)
+            self.transport.write(frame)
+        elif kind == "websocket.close":
+            self.app_closed = True
+            self.close_now()
 
     def shutdown(self) -> None:
         """uvicorn's (1012 to an open connection), with its disconnect marked as the server's."""

@@ -66,6 +66,8 @@ class FlowControl:
         while not queue:
             await queue.arrival(self.loop)
         message = queue.popleft()
+        if self.close_after_answers is not None and message["type"] == "websocket.disconnect":
+            self.close_now()  # it has answered what came before: the waiting close goes
         if self.read_paused and not queue:
             self.read_paused = False
             if not self.write_paused:

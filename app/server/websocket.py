@@ -8,6 +8,7 @@ in one piece: split across the parts, a message would pay one more coroutine per
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from django.conf import settings
 from uvicorn.protocols.utils import ClientDisconnected
@@ -18,7 +19,7 @@ from app.protocol import Message, peer
 from app.server.caps import ConnectionCaps
 from app.server.closing import APP_CLOSES, ServerCloses, logger
 from app.server.flow import WRITE_BUFFER_HARD_LIMIT, FlowControl
-from app.server.frames import FramePolicy
+from app.server.frames import FramePolicy, ServerProtocol
 from app.server.http import http_refusal
 from app.server.queue import MessageQueue
 from app.session import TokenBucket
@@ -31,9 +32,9 @@ class WebSocketProtocol(
     ERROR log.
 
     - ``caps``: connections past the process's or one address's cap get 503.
-    - ``frames``: every frame takes a token (1008 past the rate), at most
-      ``WEBSOCKET_MAX_FRAGMENTS`` fragments a message (1009), invalid UTF-8 closed 1007 with
-      one WARNING line.
+    - ``frames``: every frame takes a token (1008 past the rate), fragments are joined into one
+      buffer, invalid UTF-8 is closed 1007, at the fragment where it appears, with one WARNING
+      line.
     - ``flow``: a client that does not read is not read from, then dropped (1008).
     - ``closing``: every close the server makes is one WARNING line and a disconnect marked
       as the server's; a send after it raises ``ClientDisconnected``.
@@ -47,6 +48,12 @@ class WebSocketProtocol(
       not an ``asyncio.Queue``.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # websockets' protocol as uvicorn configured it, with the close between fragments
+        # answered (frames.ServerProtocol adds one method, and no state).
+        self.conn.__class__ = ServerProtocol
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.queue = MessageQueue()  # type: ignore[assignment]  # uvicorn's is an asyncio.Queue
@@ -57,7 +64,15 @@ class WebSocketProtocol(
         self.hard_limit = WRITE_BUFFER_HARD_LIMIT * settings.WEBSOCKET_WRITE_BUFFER_BYTES
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        """uvicorn's, except that what the client sent before a violation in the same read is
+        delivered (uvicorn drops it), and the handshakes websockets refuses get their answer."""
+        self.conn.receive_data(data)
+        self.handle_events()
+        if self.conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return
+        if self.conn.reader.buffer or self.partial_text is not None:
+            self.check_partial_text()  # a frame is still arriving: fail fast on bad UTF-8
         if (
             not self.handshake_initiated
             and self.conn.handshake_exc is not None
@@ -81,6 +96,8 @@ class WebSocketProtocol(
             # asks. uvicorn raises RuntimeError("Unexpected ASGI message ... after sending
             # 'websocket.close'"), which reads as an application bug and logs a traceback; a room
             # member's queued message met it 5 times in 5 (issue 23).
+            if self.close_after_answers is not None:
+                return self.answer_before_close(message)
             raise ClientDisconnected("the server has closed this connection")
         if self.write_paused and self.transport.get_write_buffer_size() > self.hard_limit:
             self.writable.clear()  # uvicorn's send waits until resume_writing
