@@ -31,19 +31,22 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def ping_redis(*, timeout: float) -> None:
-    """PING the settings' Redis (REDIS_URL, or the master REDIS_SENTINELS name) on a fresh
-    connection; raises RedisError, OSError or ValueError."""
+def ping_redis(*, timeout: float, url: str | None = None) -> None:
+    """PING the settings' Redis on a fresh connection: ``url``, or every one of REDIS_URL's
+    shards, or the master REDIS_SENTINELS name; raises RedisError, OSError or ValueError."""
     limits = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    if settings.REDIS_SENTINELS:
+    if settings.REDIS_SENTINELS and url is None:
         sentinel = redis.sentinel.Sentinel(settings.REDIS_SENTINELS, sentinel_kwargs=limits)
-        client = sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **limits)
+        clients = [sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **limits)]
     else:
-        client = redis.Redis.from_url(settings.REDIS_URL, **limits)
+        urls = [url] if url is not None else settings.REDIS_URLS
+        clients = [redis.Redis.from_url(each, **limits) for each in urls]
     try:
-        client.ping()
+        for client in clients:
+            client.ping()
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 #: Values a receiver cannot change in place: a message holding only these is copied shallowly.

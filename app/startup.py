@@ -24,7 +24,8 @@ def check_startup(*, host: str, port: int, workers: int | None = None) -> None:
     if errors:
         raise StartupError("; ".join(f"{m.id}: {m.msg}" for m in errors))
     if settings.REDIS_URL:
-        _check_redis(settings.REDIS_URL)
+        for url in settings.REDIS_URLS:  # every shard
+            _check_redis(url)
     elif settings.REDIS_SENTINELS:
         _check_sentinels()
     elif workers and workers > 1:
@@ -53,7 +54,7 @@ def _check_redis(url: str) -> None:
     if parsed.scheme not in {"redis", "rediss", "unix"}:
         raise StartupError(f"REDIS_URL {url!r} is not a redis://, rediss:// or unix:// URL")
     try:
-        ping_redis(timeout=2)
+        ping_redis(timeout=2, url=url)
     except (RedisError, ValueError, OSError) as error:
         raise StartupError(f"REDIS_URL {url!r} is unreachable: {error}") from None
 

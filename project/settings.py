@@ -134,7 +134,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # log) the next. With "core", all consumers of one process share one Redis key, so this is
 # per process, not per connection. channels' default of 100 drops under a busy room's burst.
 # CHANNEL_EXPIRY: seconds an undelivered message waits before it is discarded.
+# REDIS_URL may name several Redis servers, comma-separated: channels-redis then shards
+# channels and groups across them by consistent hashing (each process's channels on one,
+# each group on one), so rooms scale past one Redis (tests/test_shards.py).
 REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URLS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
 REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 10_000)
 CHANNEL_EXPIRY = env_int("CHANNEL_EXPIRY", 60)
@@ -164,8 +168,9 @@ if REDIS_SENTINELS:
         "sentinel_kwargs": {"socket_timeout": 2, "socket_connect_timeout": 2},
         **REDIS_TIMEOUTS,
     }
+    REDIS_HOSTS = [REDIS_HOST]
 else:
-    REDIS_HOST = {"address": REDIS_URL, **REDIS_TIMEOUTS}
+    REDIS_HOSTS = [{"address": url, **REDIS_TIMEOUTS} for url in REDIS_URLS]
 #: Whether rooms go through Redis (REDIS_URL or REDIS_SENTINELS), so across processes.
 REDIS_ENABLED = bool(REDIS_URL or REDIS_SENTINELS)
 if not REDIS_ENABLED:
@@ -184,7 +189,7 @@ elif REDIS_CHANNEL_LAYER == "core":
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_HOST],
+                "hosts": REDIS_HOSTS,
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": CHANNEL_EXPIRY,
             },
@@ -194,7 +199,7 @@ elif REDIS_CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_HOST]},
+            "CONFIG": {"hosts": REDIS_HOSTS},
         }
     }
 else:

@@ -345,6 +345,7 @@ def test_healthz_says_degraded_not_500_when_redis_is_unreachable(client, setting
     from tests.servers import free_port
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URLS = [settings.REDIS_URL]
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
