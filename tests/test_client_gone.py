@@ -24,6 +24,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from tests.conftest import make_communicator
 from tests.test_tracing import new_session, with_cookie
+from tests.uvicorn_protocol import drive
 
 GONE = "client gone before a send could reach it"
 
@@ -83,28 +84,6 @@ def kind(request) -> str:
 
 
 # --- the project's server ------------------------------------------------------------------
-
-
-def drive(protocol_class, app):
-    """uvicorn's WebSocket protocol on a mock transport, as uvicorn drives it, through the
-    handshake; returns (protocol, transport)."""
-    from unittest import mock
-
-    from uvicorn.config import Config
-    from uvicorn.server import ServerState
-
-    protocol = protocol_class(Config(app, ws=protocol_class, lifespan="off"), ServerState(), {})
-    transport = mock.Mock()
-    transport.get_extra_info.side_effect = {"peername": ("127.0.0.1", 1234)}.get
-    transport.get_write_buffer_size.return_value = 0
-    transport.is_closing.return_value = False
-    protocol.connection_made(transport)
-    protocol.data_received(
-        b"GET /ws/echo/async/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    return protocol, transport
 
 
 #: A masked text frame with RSV1 set, which no extension negotiated: a protocol error (1002).

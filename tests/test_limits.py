@@ -221,12 +221,9 @@ async def test_an_accepted_connection_keeps_no_handshake_response():
     101 goes out, and the response it was built from is not kept for the connection's life
     (app/server/; 0.6 KiB of the 20 an idle connection holds, docs/performance.md)."""
     import asyncio
-    from unittest import mock
-
-    from uvicorn.config import Config
-    from uvicorn.server import ServerState
 
     from app.server import WebSocketProtocol
+    from tests.uvicorn_protocol import drive
 
     accepted = asyncio.Event()
 
@@ -236,19 +233,7 @@ async def test_an_accepted_connection_keeps_no_handshake_response():
         accepted.set()
         await receive()  # open until the test ends
 
-    protocol = WebSocketProtocol(
-        Config(app, ws=WebSocketProtocol, lifespan="off"), ServerState(), {}
-    )
-    transport = mock.Mock()
-    transport.get_extra_info.side_effect = {"peername": ("127.0.0.1", 1234)}.get
-    transport.get_write_buffer_size.return_value = 0
-    transport.is_closing.return_value = False
-    protocol.connection_made(transport)
-    protocol.data_received(
-        b"GET /ws/echo/async/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
+    protocol, transport = drive(WebSocketProtocol, app)
     await asyncio.wait_for(accepted.wait(), 5)
     written = b"".join(call.args[0] for call in transport.write.call_args_list)
     assert written.startswith(b"HTTP/1.1 101")
@@ -424,7 +409,7 @@ async def test_fragments_are_joined_into_one_buffer_as_they_come():
     import asyncio
 
     from app.server import WebSocketProtocol
-    from tests.test_client_gone import drive
+    from tests.uvicorn_protocol import drive
 
     got = asyncio.get_running_loop().create_future()
 
