@@ -430,7 +430,11 @@ class _DispatchLoop:
         any other, so that the consumer's clean-up runs (a room member leaves its group, which
         would otherwise keep a dead channel until the layer expires it: a day on Redis).
         Messages before it are dropped, since nobody can answer them; a server that sends none
-        within ``DISCONNECT_WAIT`` seconds is taken to have lost the connection (1006)."""
+        within ``DISCONNECT_WAIT`` seconds is taken to have lost the connection (1006). A
+        disconnect handled already (its handler sent, and found the client gone) is not
+        handled twice."""
+        if self._metrics.disconnect_handled:
+            return
         try:
             async with asyncio.timeout(DISCONNECT_WAIT):
                 while (message := await receive())["type"] != "websocket.disconnect":

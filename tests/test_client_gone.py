@@ -276,3 +276,32 @@ async def test_an_oserror_of_the_handlers_own_still_propagates_as_with_channels(
     assert not accepted
     with pytest.raises(FileNotFoundError):
         await communicator.wait(timeout=5)
+
+
+class SendsOnDisconnect(LeanAsyncConsumer):
+    """A consumer whose disconnect handler sends (a goodbye): it finds the client gone."""
+
+    uses_database = False
+    disconnects = 0
+
+    async def websocket_connect(self, event):
+        await self.send({"type": "websocket.accept"})
+
+    async def websocket_disconnect(self, event):
+        type(self).disconnects += 1
+        await self.send({"type": "websocket.send", "text": "goodbye"})
+
+
+@pytest.mark.asyncio
+async def test_a_disconnect_handler_that_finds_the_client_gone_runs_once(caplog):
+    from channels.testing import WebsocketCommunicator
+
+    app, raised = gone_after_accept(SendsOnDisconnect.as_asgi(), SERVER_ERRORS["uvicorn"])
+    communicator = WebsocketCommunicator(app, "/")
+    assert (await communicator.connect())[0]
+    with caplog.at_level(logging.INFO):
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1001})
+        await communicator.wait(timeout=2)  # not DISCONNECT_WAIT: nothing more is awaited
+    assert raised == ["websocket.send"]
+    assert SendsOnDisconnect.disconnects == 1
+    assert communicator.future.exception() is None
