@@ -88,3 +88,18 @@ class Throttled:
         )
         self.logger.warning(message + more, *args)
         self.last, self.suppressed = now, 0
+
+
+class ClientFault(logging.Filter):
+    """Logs a record at WARNING that Django logs at ERROR for what a client sent.
+
+    Django reports a ``Host`` header outside ``ALLOWED_HOSTS`` on
+    ``django.security.DisallowedHost`` at ERROR, with the 400 it answers: the client's doing,
+    which the project logs at INFO or WARNING, keeping ERROR for its own faults (README,
+    Logging).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -252,6 +252,7 @@ LOGGING = {
             "fmt": "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
         }
     },
+    "filters": {"client_fault": {"()": "app.logs.ClientFault"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
@@ -259,6 +260,8 @@ LOGGING = {
         # channels-redis reports channels over capacity (dropped messages) at INFO.
         "channels_redis": {"level": "INFO"},
         "django": {"level": "INFO"},
+        # A Host header outside ALLOWED_HOSTS: the client's doing, not an ERROR (app/logs.py).
+        "django.security.DisallowedHost": {"filters": ["client_fault"]},
         # hypercorn prints its log lines with a handler of its own: not a second time through ours.
         "hypercorn": {"propagate": False},
     },

@@ -83,3 +83,13 @@ def test_handshake_check_sees_this_sessions_trace_token(client):
 
 def test_handshake_check_needs_an_absolute_path(client):
     assert client.get("/handshake-check", {"path": "ws/echo/async/"}).status_code == 400
+
+
+def test_a_host_outside_allowed_hosts_is_a_warning_not_an_error(client, caplog):
+    """Django logs it at ERROR on django.security.DisallowedHost: a client's doing."""
+    with caplog.at_level(logging.INFO):
+        response = client.get("/", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    records = [r for r in caplog.records if r.name == "django.security.DisallowedHost"]
+    assert [r.levelname for r in records] == ["WARNING"], records
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
