@@ -78,16 +78,15 @@ class ServerCloses:
         it has answered them), ``close_timeout`` at most; nothing read after the bad frame is.
         """
         close = self.conn.close_sent
-        self._log_closing(close.code, close.reason or str(self.conn.parser_exc))
+        detail = close.reason or str(self.conn.parser_exc)
         if not self._answers_pending():
+            self._log_closing(close.code, detail)
             super().handle_parser_exception()
             self._mark_server_closed()
             return
-        self.queue.put_nowait(
-            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
-            | SERVER_CLOSED
-        )
-        self.close_sent = True  # for uvicorn: nothing more is read into the queue
+        # As any close of ours (close_sent: nothing more is read into the queue), but the
+        # close frame waits.
+        self._closing(close.code, close.reason, detail)
         self.close_after_answers = b"".join(self.conn.data_to_send())
         self.close_timer = self.loop.call_later(self.close_timeout, self.close_now)
 
