@@ -42,7 +42,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from app import metrics, protocol
-from app.layers import LAYER_ERRORS, error_text
+from app.layers import LAYER_ERRORS, closed_transport, error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.session import ConnectionLog
 from app.tracing import Tracer, asks_for_trace
@@ -573,7 +573,9 @@ class _DispatchLoop:
                 if self._watch_drops and (lost := self.channel_layer.take_drops(self.channel_name)):
                     self._layer_news.append({"type": "layer.dropped", "count": lost})
                 return message
-            except LAYER_ERRORS as error:
+            except (*LAYER_ERRORS, RuntimeError) as error:
+                if isinstance(error, RuntimeError) and not closed_transport(error):
+                    raise
                 # Once more: after Redis restarts, the first command on a pooled connection fails.
                 if attempt == 2:
                     metrics.layer_errors.labels("receive").inc()

@@ -26,6 +26,15 @@ logger = logging.getLogger("app.layers")
 LAYER_ERRORS = (OSError, asyncio.TimeoutError, RedisError, ChannelFull)
 
 
+def closed_transport(error: BaseException) -> bool:
+    """uvloop's RuntimeError for a write on a transport that has closed. redis-py 8 meets it when
+    the Redis it connects to dies mid-handshake (a Sentinel failover, tests/test_sentinel.py:
+    1 run in 4): the layer failed, like any ConnectionError, not the application."""
+    return isinstance(error, RuntimeError) and str(error).startswith(
+        "unable to perform operation on"
+    )
+
+
 def error_text(error: BaseException) -> str:
     """An exception as one log-line fragment: ``ConnectionError: Connection refused``."""
     return f"{type(error).__name__}: {error}"

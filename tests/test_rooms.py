@@ -333,3 +333,29 @@ async def test_a_receive_cancelled_with_its_consumer_forgets_the_channel(small_l
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert channel not in layer.channels
+
+
+async def test_a_layer_whose_transport_closed_under_it_is_unavailable_not_a_bug(
+    communicator_factory, monkeypatch
+):
+    """redis-py 8 raises uvloop's RuntimeError when the Redis it connects to dies mid-handshake
+    (a Sentinel failover): a 1013 like any layer failure, not a 1011. Any other RuntimeError of
+    the layer stays the application's error."""
+    room = new_room()
+    layer = get_channel_layer()
+    receive, armed = layer.receive, []
+
+    async def closed_when_armed(channel):
+        if armed:
+            raise RuntimeError(
+                "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+            )
+        return await receive(channel)
+
+    monkeypatch.setattr(layer, "receive", closed_when_armed)
+    communicator = await member(communicator_factory, room)
+    armed.append(True)
+    await layer.group_send(f"room.{room}", LAST)  # the receive under way returns it; the next fails
+    assert await communicator.receive_from() == LAST["text"]
+    close = await communicator.receive_output(timeout=5)
+    assert (close["type"], close["code"]) == ("websocket.close", 1013)
