@@ -29,7 +29,7 @@ import django
 
 django.setup()
 
-from bench.echo import run_client  # noqa: E402
+from bench.echo import cpu_seconds, run_client  # noqa: E402
 from tests.servers import ROOT, SERVERS, LiveServer  # noqa: E402
 
 
@@ -109,29 +109,6 @@ def main() -> None:
                       "size": args.size, "rounds": args.rounds,
                       "results": results, "cpu_us_per_message": cpu_results, "summary": summary},
                      indent=1))  # fmt: skip
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time so far of process ``pid`` and the processes under it (granian
-    serves from a worker process; /proc/PID/stat, fields 14 and 15)."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            stats[int(entry.name)] = fields
-    tree, seconds = {pid}, 0.0
-    while True:  # parents before children is not guaranteed: grow the tree to a fixed point
-        grown = tree | {child for child, fields in stats.items() if int(fields[1]) in tree}
-        if grown == tree:
-            break
-        tree = grown
-    for member in tree:
-        fields = stats[member]
-        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
 
 
 if __name__ == "__main__":

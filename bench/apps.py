@@ -1,6 +1,9 @@
 """The applications the benchmark compares with the project's consumers.
 
 - ``ceiling``: a raw ASGI echo with no Django and no Channels, the most a server can do.
+- ``fanout_ceiling``: a room by hand on the raw ASGI interface, what a user writing rooms
+  without Channels gets: each room a set of its members' ``send``, every message sent to all
+  of them in one loop. The ceiling for the project's rooms (bench/fanout.py).
 - ``starlette``: a Starlette WebSocket echo, as its documentation writes one: the peer a user
   would pick instead of Channels.
 - ``stock``: Channels' ``AsyncConsumer`` and ``SyncConsumer`` written as the Channels
@@ -35,6 +38,31 @@ async def ceiling(scope, receive, send) -> None:
             else:
                 await send({"type": "websocket.send", "bytes": message["bytes"]})
         else:
+            return
+
+
+#: Each room's members, by the path they connected to: their ``send`` callables.
+ROOMS: dict[str, set] = {}
+
+
+async def fanout_ceiling(scope, receive, send) -> None:
+    """A room on the raw ASGI interface: every text received goes to every member, in a loop."""
+    assert scope["type"] == "websocket"
+    members = ROOMS.setdefault(scope["path"], set())
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+            members.add(send)
+        elif message["type"] == "websocket.receive":
+            outgoing = {"type": "websocket.send", "text": message.get("text")}
+            for member in list(members):
+                try:
+                    await member(outgoing)
+                except Exception:
+                    members.discard(member)
+        else:
+            members.discard(send)
             return
 
 

@@ -107,29 +107,49 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-def idle_memory(server: LiveServer, path: str, connections: int, deadline: float) -> dict:
-    """Server RSS growth per open idle connection, and the rate connections opened at."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time so far of process ``pid`` and the processes under it (granian
+    serves from a worker process; /proc/PID/stat, fields 14 and 15)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry.name)] = fields
+    tree, seconds = {pid}, 0.0
+    while True:  # parents before children is not guaranteed: grow the tree to a fixed point
+        grown = tree | {child for child, fields in stats.items() if int(fields[1]) in tree}
+        if grown == tree:
+            break
+        tree = grown
+    for member in tree:
+        fields = stats[member]
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def idle_memory(
+    server: LiveServer,
+    path: str,
+    connections: int,
+    deadline: float,
+    client_args: tuple[str, ...] = (),
+) -> dict:
+    """Server RSS growth per open idle connection, and the rate connections opened at.
+    ``client_args`` go to both the warm-up and the idle client (``--deflate``, ``--echo``)."""
     url = f"{server.ws_url}{path}"
     # Warm up first, so that what is imported and cached on first use is not counted.
+    warm_up = [arg for arg in client_args if arg == "--deflate"]
     run_client("pingpong", "--url", url, "--connections", "100", "--messages", "100",
-               "--deadline", str(deadline), timeout=deadline + 30)  # fmt: skip
+               "--deadline", str(deadline), *warm_up, timeout=deadline + 30)  # fmt: skip
     before = rss_kib(server.process.pid)
     client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.client",
-            "idle",
-            "--url",
-            url,
-            "--connections",
-            str(connections),
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "bench.client", "idle", "--url", url,
+         "--connections", str(connections), *client_args],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         opened = json.loads(client.stdout.readline())
         after = rss_kib(server.process.pid)

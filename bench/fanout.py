@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-LAYERS = ("memory", "redis-core", "redis-pubsub")
+LAYERS = ("ceiling", "memory", "redis-core", "redis-pubsub", "redis-pubsub-2-shards")
 
 
 # --- the client (a process of its own) ------------------------------------------------------
@@ -90,6 +90,9 @@ async def room_client(
     listeners = [listener for _, listener in pairs]
     for index, listener in enumerate(listeners):
         listener.index = index
+    # Every member is in the room: the driver measures the servers' memory, then says go.
+    print(json.dumps({"joined": len(listeners)}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     start = time.perf_counter()
     for listener in listeners[:senders]:
         listener.send_next()
@@ -128,26 +131,46 @@ def messages_for(members: int, senders: int) -> int:
     return max(5, min(300, 30_000 // (members * senders)))
 
 
-def run_room_client(urls: list[str], members: int, senders: int, deadline: float) -> dict:
+def run_room_client(
+    urls: list[str], members: int, senders: int, deadline: float, servers: list
+) -> dict:
+    """The room client in its own process; once every member has joined, the servers' RSS
+    growth per member is measured (``idle_kib_per_member``), then the messages go."""
+    from bench.echo import rss_kib
     from tests.servers import ROOT
 
-    result = subprocess.run(
+    before = sum(rss_kib(server.process.pid) for server in servers)
+    client = subprocess.Popen(
         [sys.executable, "-m", "bench.fanout", "client", "--urls", *urls, "--members", str(members),
          "--senders", str(senders), "--messages", str(messages_for(members, senders)),
          "--deadline", str(deadline)],
-        cwd=ROOT, capture_output=True, text=True, timeout=deadline + 120,
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"room client failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout)
+    try:
+        joined = client.stdout.readline()
+        if not joined:
+            raise RuntimeError(f"room client failed: {client.stderr.read()[-2000:]}")
+        grown = sum(rss_kib(server.process.pid) for server in servers) - before
+        output, errors = client.communicate("go\n", timeout=deadline + 120)
+    finally:
+        client.kill()
+    if client.returncode != 0:
+        raise RuntimeError(f"room client failed: {errors[-2000:]}")
+    return {**json.loads(output), "idle_kib_per_member": grown / members}
 
 
-def servers_for(layer: str, redis_url: str | None, env: dict) -> list:
+def servers_for(layer: str, redis_urls: list[str], env: dict) -> list:
+    """``ceiling``: the raw ASGI room under plain uvicorn; ``memory``: one ``manage.py serve``;
+    ``redis-*``: two, on one Redis, or on two shards (``redis-pubsub-2-shards``)."""
     from tests.servers import LiveServer
 
+    if layer == "ceiling":
+        return [LiveServer("uvicorn-plain", env=env, app="bench.apps:fanout_ceiling")]
     if layer == "memory":
         return [LiveServer("uvicorn", env=env)]
-    layer_env = {**env, "REDIS_URL": redis_url, "REDIS_CHANNEL_LAYER": layer.removeprefix("redis-")}
+    urls = redis_urls if layer.endswith("2-shards") else redis_urls[:1]
+    channel_layer = layer.removeprefix("redis-").removesuffix("-2-shards")
+    layer_env = {**env, "REDIS_URL": ",".join(urls), "REDIS_CHANNEL_LAYER": channel_layer}
     return [LiveServer("uvicorn", env=layer_env) for _ in range(2)]
 
 
@@ -161,40 +184,57 @@ def main_driver(args) -> None:
     from tests.servers import LiveServer
 
     # Room members are not rate-limited in the benchmark; CHANNEL_CAPACITY stays as shipped.
-    env = {"LOG_LEVEL": "WARNING"}
+    # All members come from 127.0.0.1: the per-address cap (2,000) is lifted.
+    env = {"LOG_LEVEL": "WARNING", "WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT": "0"}
     with LiveServer("uvicorn-plain", env=env, app="bench.apps:ceiling") as ceiling:
         echo = run_client("pingpong", "--url", f"{ceiling.ws_url}/ws/echo/async/", "--connections",
                           "100", "--messages", "30000", timeout=300)  # fmt: skip
     print(f"echo ceiling: {echo['msgs_per_s']:,.0f} msg/s", file=sys.stderr, flush=True)
-    redis = None
-    if any(layer != "memory" for layer in args.layers):
+    redis_servers = []
+    if any(layer.startswith("redis") for layer in args.layers):
         if reason := redis_missing():
             raise SystemExit(reason)
-        redis = RedisServer().start()
+        redis_servers = [RedisServer().start() for _ in range(2)]
+    shapes = [(m, s) for m in args.members for s in args.senders]
+    shapes += [(args.big_room, 1)] if args.big_room else []
     rows = []
+    ceilings: dict[tuple[int, int], dict] = {}
     try:
         for layer in args.layers:
-            servers = servers_for(layer, redis.url if redis else None, env)
+            servers = servers_for(layer, [r.url for r in redis_servers], env)
             try:
                 for server in servers:
                     server.wait_ready()
-                for members in args.members:
-                    for senders in args.senders:
-                        room = f"bench-{layer}-{members}-{senders}-{time.monotonic_ns()}"
-                        urls = [f"{s.ws_url}/ws/broadcast/async/{room}/" for s in servers]
-                        row = run_room_client(urls, members, senders, args.deadline)
-                        row.update(layer=layer, processes=len(servers),
-                                   ratio_to_echo=row["deliveries_per_s"] / echo["msgs_per_s"])  # fmt: skip
-                        rows.append(row)
-                        print(f"{layer:12} {len(servers)} proc {members:>5} members {senders:>2} senders: "
-                              f"{row['deliveries_per_s']:>9,.0f} deliveries/s ({row['ratio_to_echo']:.2f} x echo) "
-                              f"p99 {row['p99_ms']:.1f} ms lost {row['lost']} dup {row['duplicates']}"
-                              f"{' TIMED OUT' if row['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
+                for members, senders in shapes:
+                    if members == args.big_room and layer not in BIG_ROOM_LAYERS:
+                        continue
+                    room = f"bench-{layer}-{members}-{senders}-{time.monotonic_ns()}"
+                    urls = [f"{s.ws_url}/ws/broadcast/async/{room}/" for s in servers]
+                    row = run_room_client(urls, members, senders, args.deadline, servers)
+                    if layer == "ceiling":
+                        ceilings[members, senders] = row
+                    ceiling_row = ceilings.get((members, senders))
+                    row.update(
+                        layer=layer,
+                        processes=len(servers),
+                        ratio_to_echo=row["deliveries_per_s"] / echo["msgs_per_s"],
+                        ratio_to_ceiling=row["deliveries_per_s"] / ceiling_row["deliveries_per_s"]
+                        if ceiling_row else None,
+                        p99_to_ceiling=row["p99_ms"] / ceiling_row["p99_ms"]
+                        if ceiling_row and ceiling_row["p99_ms"] else None,
+                    )  # fmt: skip
+                    rows.append(row)
+                    print(f"{layer:12} {len(servers)} proc {members:>5} members {senders:>2} senders: "
+                          f"{row['deliveries_per_s']:>9,.0f} deliveries/s "
+                          f"({(row['ratio_to_ceiling'] or 0):.2f} x ceiling) "
+                          f"p99 {row['p99_ms']:.1f} ms lost {row['lost']} dup {row['duplicates']} "
+                          f"idle {row['idle_kib_per_member']:.1f} KiB/member"
+                          f"{' TIMED OUT' if row['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
             finally:
                 for server in servers:
                     server.stop()
     finally:
-        if redis:
+        for redis in redis_servers:
             redis.stop()
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "echo_ceiling_msgs_per_s": echo["msgs_per_s"], "rows": rows}  # fmt: skip
@@ -204,30 +244,43 @@ def main_driver(args) -> None:
     print(f"wrote {args.out_dir}/fanout.json, fanout.md", file=sys.stderr)
 
 
+#: The layers the 10,000-member room runs on: the ceiling, and two processes on Redis pubsub.
+BIG_ROOM_LAYERS = ("ceiling", "redis-pubsub")
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Rooms: fan-out",
         "",
         "Generated by `python -m bench.fanout` (part of `make bench`); every figure is also in",
         "[fanout.json](fanout.json). One room; each sender sends its next message when its last",
-        "came back through the room; every member receives every message. `memory`: one",
-        "`manage.py serve` process, the in-memory layer; `redis-*`: two processes on one Redis,",
-        "members alternating between them. The echo ceiling (raw ASGI echo, plain uvicorn, 100",
+        "came back through the room; every member receives every message. `ceiling`: a room",
+        "written by hand on the raw ASGI interface under plain uvicorn (bench/apps.py,",
+        "`fanout_ceiling`: each member's `send` in a set, every message sent to all in one loop),",
+        "in the same run; `memory`: one `manage.py serve` process, the in-memory layer;",
+        "`redis-*`: two processes, members alternating between them, on one Redis or on two",
+        "shards (`REDIS_URL` with two URLs). The echo ceiling (raw ASGI echo, plain uvicorn, 100",
         f"connections, 16 B) in the same run: {report['echo_ceiling_msgs_per_s']:,.0f} msg/s.",
+        "Idle KiB/member: the servers' RSS growth once every member has joined, per member.",
         "",
         f"- Date: {report['date']}",
-        "- Goals: in memory, 1,000 members, deliveries/s >= 0.5 x the echo ceiling; Redis across"
-        " two processes >= 0.25 x; nothing lost.",
+        "- Goals (issue 24): 1,000 members, 1 and 10 senders, in memory and on Redis pubsub",
+        "  across two processes: deliveries/s >= 0.6 x the ceiling's, p99 <= 2 x the ceiling's;",
+        "  nothing lost or duplicated. 10,000 members across two processes: 0 lost, idle memory",
+        "  <= 20 KiB a member.",
         "",
-        "| layer | processes | members | senders | deliveries | deliveries/s | / echo ceiling | p50 ms | p99 ms | lost | duplicates |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | processes | members | senders | deliveries | deliveries/s | / ceiling | / echo ceiling | p50 ms | p99 ms | p99 / ceiling | lost | duplicates | idle KiB/member |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         flag = " (timed out)" if r["timed_out"] else ""
+        to_ceiling = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else "-"
+        p99_ratio = f"{r['p99_to_ceiling']:.2f}" if r.get("p99_to_ceiling") else "-"
         lines.append(
             f"| {r['layer']} | {r['processes']} | {r['members']:,} | {r['senders']} | {r['delivered']:,}{flag} "
-            f"| {r['deliveries_per_s']:,.0f} | {r['ratio_to_echo']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['lost']} | {r['duplicates']} |"
+            f"| {r['deliveries_per_s']:,.0f} | {to_ceiling} | {r['ratio_to_echo']:.2f} | {r['p50_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {p99_ratio} | {r['lost']} | {r['duplicates']} "
+            f"| {r['idle_kib_per_member']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -244,6 +297,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
     parser.add_argument("--members", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--senders", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--big-room", type=int, default=10_000, help="0: no big-room row")
     parser.add_argument("--deadline", type=float, default=60.0)
     parser.add_argument(
         "--out-dir", type=Path, default=Path(__file__).resolve().parent.parent / "docs"

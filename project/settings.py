@@ -299,6 +299,16 @@ WEBSOCKET_FRAME_RATE = env_int("WEBSOCKET_FRAME_RATE", 50_000)
 WEBSOCKET_FRAME_BURST = env_int(
     "WEBSOCKET_FRAME_BURST", max(10_000, SERVER_MAX_MESSAGE_BYTES // 64)
 )
+# permessage-deflate (app/server/deflate.py): offered to every client that asks. By default
+# without context takeover either way, so an idle connection holds no zlib stream, and messages
+# under MIN_BYTES are sent as they are. WINDOW_BITS caps the server's window (9-15); LEVEL and
+# MEM_LEVEL are zlib's.
+WEBSOCKET_DEFLATE = env_bool("WEBSOCKET_DEFLATE", True)
+WEBSOCKET_DEFLATE_CONTEXT_TAKEOVER = env_bool("WEBSOCKET_DEFLATE_CONTEXT_TAKEOVER", False)
+WEBSOCKET_DEFLATE_MIN_BYTES = env_int("WEBSOCKET_DEFLATE_MIN_BYTES", 256)
+WEBSOCKET_DEFLATE_WINDOW_BITS = env_int("WEBSOCKET_DEFLATE_WINDOW_BITS", 12)
+WEBSOCKET_DEFLATE_LEVEL = env_int("WEBSOCKET_DEFLATE_LEVEL", 1)
+WEBSOCKET_DEFLATE_MEM_LEVEL = env_int("WEBSOCKET_DEFLATE_MEM_LEVEL", 5)
 #: Bytes waiting to be written to one client before reading from it pauses.
 WEBSOCKET_WRITE_BUFFER_BYTES = env_int("WEBSOCKET_WRITE_BUFFER_BYTES", 256 * 1024)
 #: Seconds between the server's pings on an idle WebSocket (uvicorn's default): below a proxy's

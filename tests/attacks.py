@@ -144,6 +144,16 @@ class RssWatch:
         self.thread.join()
 
 
+def sustained(attack, *, seconds: float = 1.5, most: int = 200) -> list:
+    """``attack()`` again and again for ``seconds`` (at most ``most`` times), so that the prober
+    measures while it runs: one endless header block is over in 3 ms. Returns each outcome."""
+    outcomes = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds and len(outcomes) < most:
+        outcomes.append(attack())
+    return outcomes
+
+
 # --- the prober ------------------------------------------------------------------------------
 
 

@@ -25,11 +25,17 @@ def kind(request) -> str:
     return request.param
 
 
-def test_connect_shows_the_negotiated_subprotocol(page, kind):
+def test_connect_shows_the_negotiated_subprotocol_and_extensions(page, kind):
     connect(page, kind)
+    # Chromium's own offer ("permessage-deflate; client_max_window_bits"), as the server answers
+    # it: no context takeover either way (app/server/deflate.py).
     expect(entries(page, "open").last).to_contain_text(
-        f"connected to the {kind} consumer; subprotocol: (none)"
+        f"connected to the {kind} consumer; subprotocol: (none); extensions: permessage-deflate;"
+        " server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12"
     )
+    # Compressed both ways: Chromium deflates what it sends, the server what it echoes.
+    send_text(page, '{"k": "value"} ' * 400)
+    expect(entries(page, "received").last).to_contain_text(re.compile(r"text, 6000 bytes in"))
     page.click("#close")
     expect(page.locator("#state")).to_have_text("closed")
     connect(page, kind, "chat.v9, echo.v1")

@@ -28,6 +28,7 @@ from tests.attacks import (
     connect,
     frame,
     read_until_closed,
+    sustained,
     upgrade_request,
     websocket,
 )
@@ -66,16 +67,6 @@ def test_the_bounds_have_their_documented_defaults():
 
 
 # --- the handshake -----------------------------------------------------------------------------
-
-
-def sustained(attack, *, seconds: float = 1.5, most: int = 200) -> list:
-    """``attack()`` again and again for ``seconds`` (at most ``most`` times), so that the prober
-    measures while it runs: one endless header block is over in 3 ms. Returns each outcome."""
-    outcomes = []
-    started = time.monotonic()
-    while time.monotonic() - started < seconds and len(outcomes) < most:
-        outcomes.append(attack())
-    return outcomes
 
 
 def test_an_endless_header_block_gets_431_and_a_closed_socket(server):

@@ -37,7 +37,9 @@ def uvicorn_config(
         "ws": WebSocketProtocol,
         "ws_max_size": settings.SERVER_MAX_MESSAGE_BYTES,
         "ws_ping_interval": settings.WEBSOCKET_PING_INTERVAL,
-        "ws_per_message_deflate": False,  # echo payloads are the client's; compressing them only costs CPU
+        # permessage-deflate is deflate.py's, installed by WebSocketProtocol: uvicorn's keeps two
+        # zlib streams for each connection's life and compresses even a 16 B message.
+        "ws_per_message_deflate": False,
         "lifespan": "off",  # Channels' ProtocolTypeRouter has no lifespan handler
         "timeout_graceful_shutdown": 5,
         "proxy_headers": settings.BEHIND_PROXY,

@@ -122,6 +122,8 @@ class FramePolicy:
             opcode is Opcode.CONT and self.curr_msg_data_type == "text" and self.frames
         ):
             return
+        if fields["rsv1"] or (opcode is Opcode.CONT and self._compressed_message()):
+            return  # compressed (permessage-deflate): its text is checked once inflated
         if self.partial_text is None or self.partial_text[0] is not frame_parser:
             decoder = UTF8Decoder()
             if opcode is Opcode.CONT:
@@ -140,6 +142,10 @@ class FramePolicy:
             self._invalid_utf8(error)
             return
         self.partial_text[1] = len(arrived)
+
+    def _compressed_message(self) -> bool:
+        """Whether the fragmented message arriving is compressed (websockets' deflate flag)."""
+        return any(getattr(ext, "decode_cont_data", False) for ext in self.conn.extensions)
 
     def _invalid_utf8(self, error: UnicodeDecodeError) -> None:
         """1007, one WARNING line (uvicorn: an ERROR with a traceback)."""

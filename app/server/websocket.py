@@ -18,6 +18,7 @@ from app import metrics
 from app.protocol import Message, peer
 from app.server.caps import ConnectionCaps
 from app.server.closing import APP_CLOSES, ServerCloses, logger
+from app.server.deflate import deflate_extensions
 from app.server.flow import WRITE_BUFFER_HARD_LIMIT, FlowControl
 from app.server.frames import FramePolicy, ServerProtocol
 from app.server.http import http_refusal
@@ -53,6 +54,8 @@ class WebSocketProtocol(
         # websockets' protocol as uvicorn configured it, with the close between fragments
         # answered (frames.ServerProtocol adds one method, and no state).
         self.conn.__class__ = ServerProtocol
+        # permessage-deflate as deflate.py negotiates it (uvicorn's own is off: config.py).
+        self.conn.available_extensions = deflate_extensions()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

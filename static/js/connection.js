@@ -101,7 +101,7 @@ export class Connection {
       this.stats.since = new Date();
       this.set("open");
       const where = options.mode === "room" ? ` in room ${options.room}` : "";
-      this.log.add({ kind: "open", summary: `connected to the ${options.consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}` });
+      this.log.add({ kind: "open", summary: `connected to the ${options.consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}; extensions: ${ws.extensions || "(none)"}` });
     });
     ws.addEventListener("message", (msg) => this.received(msg.data));
     ws.addEventListener("close", async (ev) => {

@@ -1,0 +1,264 @@
+"""permessage-deflate on ``manage.py serve`` (app/server/deflate.py), on the wire: the offers of
+Chromium, Firefox and the websockets client, each negotiation parameter, what goes out
+compressed and what stored, a compression bomb, and deflate turned off by its setting.
+
+Autobahn's 12.x and 13.x cases run in tests/test_conformance.py; Chromium's own handshake in
+tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+import zlib
+
+import pytest
+from websockets.utils import apply_mask
+
+from tests.attacks import (
+    Prober,
+    RssWatch,
+    close_code,
+    connect,
+    read_until_closed,
+    sustained,
+    upgrade_request,
+)
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.server
+
+CHROMIUM = "permessage-deflate; client_max_window_bits"
+FIREFOX = "permessage-deflate"
+TEXT, BINARY = 0x1, 0x2
+
+
+@pytest.fixture(scope="module")
+def server(server_env):
+    with LiveServer("uvicorn", env=server_env) as live:
+        yield live
+
+
+def open_with_offer(port: int, offer: str, path: str = "/ws/echo/async/"):
+    """A raw WebSocket whose handshake offers ``offer``: (socket, the response's extensions)."""
+    sock = connect(port)
+    sock.sendall(upgrade_request(path, port, extra=f"Sec-WebSocket-Extensions: {offer}\r\n"))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line)
+    return sock, {k.lower(): v for k, v in headers.items()}.get("sec-websocket-extensions")
+
+
+def client_frame(opcode: int, payload: bytes, *, rsv1: bool) -> bytes:
+    """A masked client frame of any size, RSV1 as given."""
+    mask = os.urandom(4)
+    first = 0x80 | (0x40 if rsv1 else 0) | opcode
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    elif len(payload) < 65536:
+        length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
+    return bytes([first]) + length + mask + apply_mask(payload, mask)
+
+
+def compress(data: bytes, wbits: int = 15, level: int = 6) -> bytes:
+    """What a client without context takeover sends: one raw DEFLATE stream, tail removed."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def inflate(data: bytes, wbits: int = 15) -> bytes:
+    """A fresh decompressor a message (the server does not take its context over)."""
+    return zlib.decompressobj(-wbits).decompress(data + b"\x00\x00\xff\xff")
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bool, bytes]:
+    """One server frame: (opcode, RSV1, payload)."""
+    first, second = read_exactly(sock, 2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", read_exactly(sock, 2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", read_exactly(sock, 8))
+    return first & 0x0F, bool(first & 0x40), read_exactly(sock, length)
+
+
+def params(extensions: str) -> dict[str, str | None]:
+    name, *rest = [part.strip() for part in extensions.split(";")]
+    assert name == "permessage-deflate"
+    return {k: v for k, _, v in (p.partition("=") for p in rest)} | {}
+
+
+def json_document(size: int) -> bytes:
+    from bench.client import json_payload
+
+    return json_payload(size)
+
+
+@pytest.mark.parametrize("offer", [CHROMIUM, FIREFOX], ids=["chromium", "firefox"])
+def test_a_browsers_offer_is_accepted_without_context_takeover_and_echoes(server, offer):
+    sock, extensions = open_with_offer(server.port, offer)
+    with sock:
+        negotiated = params(extensions)
+        # No context takeover either way: an idle connection holds no zlib stream.
+        assert "server_no_context_takeover" in negotiated
+        assert "client_no_context_takeover" in negotiated
+        assert negotiated["server_max_window_bits"] == "12"
+        document = json_document(4096)
+        sock.sendall(client_frame(TEXT, compress(document), rsv1=True))
+        opcode, rsv1, payload = read_frame(sock)
+        assert (opcode, rsv1) == (TEXT, True)
+        assert inflate(payload, 12) == document
+        assert len(payload) < len(document) / 4  # JSON shrinks to about a sixth
+        # A message sent uncompressed in a deflate session (RFC 7692 allows it) is echoed too.
+        sock.sendall(client_frame(TEXT, b"plain", rsv1=False))
+        opcode, rsv1, payload = read_frame(sock)
+        assert inflate(payload) == b"plain" if rsv1 else payload == b"plain"
+
+
+def test_the_websockets_clients_offer_is_accepted(server):
+    from websockets.sync.client import connect as ws_connect
+
+    document = json_document(2048).decode()
+    with ws_connect(f"{server.ws_url}/ws/echo/sync/") as ws:
+        negotiated = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert negotiated.startswith("permessage-deflate"), negotiated
+        for _ in range(3):  # the client takes no context over either: each message alone
+            ws.send(document)
+            assert ws.recv(timeout=5) == document
+
+
+@pytest.mark.parametrize(
+    ("offer", "expected"),
+    [
+        # The client's own bounds are honoured...
+        ("permessage-deflate; server_max_window_bits=10", {"server_max_window_bits": "10"}),
+        ("permessage-deflate; client_max_window_bits=9", {"client_max_window_bits": "9"}),
+        # ...a wider window than the server's is lowered to it...
+        ("permessage-deflate; server_max_window_bits=15", {"server_max_window_bits": "12"}),
+        # ...and the no-context-takeover flags, asked for or not, are in the answer.
+        ("permessage-deflate; server_no_context_takeover", {"server_no_context_takeover": ""}),
+        ("permessage-deflate; client_no_context_takeover", {"client_no_context_takeover": ""}),
+    ],
+)
+def test_each_negotiation_parameter_is_honoured(server, offer, expected):
+    sock, extensions = open_with_offer(server.port, offer)
+    with sock:
+        negotiated = params(extensions)
+        for name, value in expected.items():
+            assert negotiated[name] == value, extensions
+        server_bits = int(negotiated["server_max_window_bits"])
+        client_bits = int(negotiated.get("client_max_window_bits") or 15)
+        document = json_document(8192)
+        sock.sendall(client_frame(TEXT, compress(document, client_bits), rsv1=True))
+        _, rsv1, payload = read_frame(sock)
+        assert rsv1 and inflate(payload, server_bits) == document
+
+
+def test_an_unknown_parameter_gets_no_extension_and_still_connects(server):
+    sock, extensions = open_with_offer(server.port, "permessage-deflate; x_unknown=1")
+    with sock:
+        assert extensions is None
+
+
+def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
+    """Under WEBSOCKET_DEFLATE_MIN_BYTES (256): one stored block, no zlib stream. After a message
+    deflate did not shrink, 15 in 16 go stored, and the 16th is tried again."""
+    sock, _ = open_with_offer(server.port, CHROMIUM)
+    with sock:
+        sock.sendall(client_frame(TEXT, compress(b'{"n":1}'), rsv1=True))
+        _, rsv1, payload = read_frame(sock)
+        assert rsv1 and payload == b"\x00\x07\x00\xf8\xff" + b'{"n":1}' + b"\x00"
+
+        # Deflate shrinks this by about 5 %: a Huffman block (not a stored one of zlib's own).
+        noise = bytes(byte % 200 for byte in os.urandom(8192))
+        kinds = []
+        for _ in range(17):
+            sock.sendall(client_frame(BINARY, compress(noise), rsv1=True))
+            _, rsv1, payload = read_frame(sock)
+            assert rsv1 and inflate(payload, 12) == noise
+            stored = payload[:1] == b"\x00" and len(payload) == len(noise) + 6
+            kinds.append("stored" if stored else "deflated")
+        assert kinds == ["deflated"] + ["stored"] * 15 + ["deflated"]
+
+
+def test_a_compressed_text_frame_arriving_in_pieces_is_not_checked_as_utf8(server):
+    """The fail-fast UTF-8 check of a text frame still arriving (frames.check_partial_text)
+    reads its payload as it comes; a compressed payload is not UTF-8 until inflated."""
+    sock, _ = open_with_offer(server.port, CHROMIUM)
+    with sock:
+        document = json_document(65536)
+        wire = client_frame(TEXT, compress(document), rsv1=True)
+        for start in range(0, len(wire), 1000):
+            sock.sendall(wire[start : start + 1000])
+            time.sleep(0.001)  # the attacker's pace: the server reads each piece apart
+        _, _, payload = read_frame(sock)
+        assert inflate(payload, 12) == document
+
+
+def test_a_compression_bomb_is_closed_1009_at_the_message_limit(server):
+    """64 MiB of zeros deflated into one ~64 KiB message: inflated no further than the server's
+    message limit, closed with 1009 and one WARNING line, memory and /healthz unmoved."""
+    bomb = client_frame(BINARY, compress(bytes(64 * 1024 * 1024), level=9), rsv1=True)
+    assert len(bomb) < 70 * 1024
+
+    def explode() -> int | None:
+        sock, _ = open_with_offer(server.port, CHROMIUM)
+        with sock:
+            sock.sendall(bomb)
+            return close_code(read_until_closed(sock))
+
+    server.mark()
+    with RssWatch(server.process.pid) as rss, Prober(server.port) as prober:
+        codes = sustained(explode, most=1000)
+    assert set(codes) == {1009}
+    assert rss.growth_mib < 64
+    prober.assert_responsive()
+    server.wait_for_log(r"closing 1009 MESSAGE_TOO_BIG for 127\.0\.0\.1:\d+ /ws/echo/async/")
+
+
+def test_deflate_turned_off_by_its_setting_is_not_negotiated(server_env):
+    with LiveServer("uvicorn", env={**server_env, "WEBSOCKET_DEFLATE": "0"}) as live:
+        sock, extensions = open_with_offer(live.port, CHROMIUM)
+        with sock:
+            assert extensions is None
+            sock.sendall(client_frame(TEXT, b"hello", rsv1=False))
+            assert read_frame(sock) == (TEXT, False, b"hello")
+
+
+def test_context_takeover_by_its_setting_keeps_one_stream_each_way(server_env):
+    env = {**server_env, "WEBSOCKET_DEFLATE_CONTEXT_TAKEOVER": "1"}
+    with LiveServer("uvicorn", env=env) as live:
+        sock, extensions = open_with_offer(live.port, FIREFOX)
+        with sock:
+            assert extensions == "permessage-deflate; server_max_window_bits=12"
+            decoder = zlib.decompressobj(-12)
+            encoder = zlib.compressobj(6, zlib.DEFLATED, -15)
+            for n in range(3):
+                message = json.dumps({"n": n, "pad": "x" * 300}).encode()
+                sock.sendall(
+                    client_frame(
+                        TEXT,
+                        (encoder.compress(message) + encoder.flush(zlib.Z_SYNC_FLUSH))[:-4],
+                        rsv1=True,
+                    )
+                )
+                _, rsv1, payload = read_frame(sock)
+                assert rsv1
+                assert decoder.decompress(payload + b"\x00\x00\xff\xff") == message
