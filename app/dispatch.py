@@ -502,7 +502,8 @@ class _DispatchLoop:
                 while True:
                     message = await pending
                     pending = read_ahead(source)  # as in __call__
-                    async with turn:
+                    await turn.acquire()  # no suspension unless the other reader has it
+                    try:
                         if ended:  # the other reader's handler ended the consumer
                             return
                         try:
@@ -510,6 +511,8 @@ class _DispatchLoop:
                         except BaseException:
                             ended = True
                             raise
+                    finally:
+                        turn.release()
                     del message
                     if pending is None:
                         pending = source()

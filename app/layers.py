@@ -8,6 +8,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import redis
@@ -77,6 +78,56 @@ def message_bytes(message: dict) -> int:
     return size
 
 
+class ChannelQueue:
+    """One channel's messages: ``(expiry, size, message)`` entries, and the receives waiting.
+
+    ``asyncio.Queue`` does what a channel needs and more, at a price paid once per member per
+    room message: a ``put`` checks ``full``, wakes a getter through ``_wakeup_next``, and a
+    ``get`` loops over ``empty``, ``_get_loop`` and ``get_nowait`` (a fifth of the in-memory
+    layer's time in a 1,000-member room, profiled). Here a ``put`` wakes a waiting receive's
+    future directly, and a ``get`` with an entry queued returns it without a suspension.
+    """
+
+    __slots__ = ("entries", "getters", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.entries: deque[tuple[float, int, dict]] = deque()
+        self.getters: deque[asyncio.Future] = deque()
+        self.maxsize = maxsize
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self.entries)
+
+    def put(self, entry: tuple[float, int, dict]) -> None:
+        self.entries.append(entry)  # counted against maxsize until its receive takes it
+        if self.getters:
+            self.wake_one()
+
+    async def get(self) -> tuple[float, int, dict]:
+        while not self.entries:
+            getter = asyncio.get_running_loop().create_future()
+            self.getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                if getter in self.getters:
+                    self.getters.remove(getter)
+                elif self.entries:  # woken, then cancelled: the next receive is woken instead
+                    self.wake_one()
+                raise
+        return self.entries.popleft()
+
+    def wake_one(self) -> None:
+        while self.getters:
+            getter = self.getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+    def empty(self) -> bool:
+        return not self.entries
+
+
 class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
     """Channels' in-memory layer, bounded in bytes, logged, and linear in a group's size.
 
@@ -97,6 +148,8 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
       messages are dropped when it is read, and the whole scan runs at most once a second.
     - ``group_send`` creates a task per member; here the sends are a plain loop (``send`` never
       waits).
+    - Each channel is an ``asyncio.Queue``; here a ``ChannelQueue``, and a message's size is
+      reckoned once, when it is queued.
     """
 
     def __init__(self, *, capacity_bytes: int = 16 * 1024 * 1024, **kwargs) -> None:
@@ -123,7 +176,7 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         """
         queue = self.channels.get(channel)
         if queue is None:
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+            queue = self.channels[channel] = ChannelQueue(self.get_capacity(channel))
         queued = self.queued_bytes.get(channel, 0)
         if queued + size > self.capacity_bytes:
             self._dropped(channel, message, f"{queued} bytes queued, limit {self.capacity_bytes}")
@@ -131,8 +184,8 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         if queue.full():
             self._dropped(channel, message, f"{queue.maxsize} messages queued")
             return False
-        queue.put_nowait((now + self.expiry, copy(message)))
         self.queued_bytes[channel] = queued + size
+        queue.put((now + self.expiry, size, copy(message)))
         return True
 
     def _dropped(self, channel: str, message: dict, why: str) -> None:
@@ -147,20 +200,23 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         return self.dropped.pop(channel, 0) if self.dropped else 0
 
     async def receive(self, channel: str) -> dict:
-        self.require_valid_channel_name(channel)
+        if channel not in self.channels:  # a known channel's name was checked when first seen
+            self.require_valid_channel_name(channel)
         self._sweep()
         queue = self.channels.get(channel)
         if queue is None:
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
-        elif queue.qsize():
+            queue = self.channels[channel] = ChannelQueue(self.get_capacity(channel))
+        elif queue.entries:
             self._drop_expired(channel, queue)
             queue = self.channels.setdefault(channel, queue)  # emptied and forgotten: keep it
         try:
-            _, message = await queue.get()
+            # Queued already (a room's burst): taken without a coroutine of the queue's.
+            entry = queue.entries.popleft() if queue.entries else await queue.get()
         except asyncio.CancelledError:  # its consumer has ended: forget the queue, as Channels
             self._forget_if_idle(channel, queue)
             raise
-        remaining = self.queued_bytes.get(channel, 0) - message_bytes(message)
+        _, size, message = entry
+        remaining = self.queued_bytes.get(channel, 0) - size
         if remaining > 0:
             self.queued_bytes[channel] = remaining
         else:
@@ -179,12 +235,13 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
         for channel in list(members):
             self._put(channel, message, copy, size, now)
 
-    def _drop_expired(self, channel: str, queue: asyncio.Queue) -> None:
+    def _drop_expired(self, channel: str, queue: ChannelQueue) -> None:
         now = time.time()
         expired = 0
-        while not queue.empty() and queue._queue[0][0] < now:  # (expiry, message), oldest first
-            _, message = queue.get_nowait()
-            self.queued_bytes[channel] = self.queued_bytes.get(channel, 0) - message_bytes(message)
+        entries = queue.entries
+        while entries and entries[0][0] < now:  # (expiry, size, message), oldest first
+            _, size, _message = entries.popleft()
+            self.queued_bytes[channel] = self.queued_bytes.get(channel, 0) - size
             expired += 1
         if expired:
             self.dropped[channel] = self.dropped.get(channel, 0) + expired
@@ -197,10 +254,10 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
             )
         self._forget_if_idle(channel, queue)
 
-    def _forget_if_idle(self, channel: str, queue: asyncio.Queue) -> None:
+    def _forget_if_idle(self, channel: str, queue: ChannelQueue) -> None:
         """Forget ``channel``'s queue if it is empty and no receive waits on it (the next send
         or receive makes a new one)."""
-        if queue.empty() and not queue._getters and self.channels.get(channel) is queue:
+        if not queue.entries and not queue.getters and self.channels.get(channel) is queue:
             del self.channels[channel]
             self.queued_bytes.pop(channel, None)
 

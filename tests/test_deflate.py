@@ -186,10 +186,11 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
         _, rsv1, payload = read_frame(sock)
         assert rsv1 and payload == b"\x00\x07\x00\xf8\xff" + b'{"n":1}' + b"\x00"
 
-        # Deflate shrinks this by about 5 %: a Huffman block (not a stored one of zlib's own).
-        noise = bytes(byte % 200 for byte in os.urandom(8192))
         kinds = []
         for _ in range(17):
+            # Deflate shrinks this by about 5 %: a Huffman block (not a stored one of zlib's
+            # own). Each differs (an identical message's frame is made once: outgoing.py).
+            noise = bytes(byte % 200 for byte in os.urandom(8192))
             sock.sendall(client_frame(BINARY, compress(noise), rsv1=True))
             _, rsv1, payload = read_frame(sock)
             assert rsv1 and inflate(payload, 12) == noise

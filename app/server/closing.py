@@ -9,9 +9,9 @@ import logging
 
 from django.conf import settings
 from uvicorn.protocols.utils import ClientDisconnected
-from websockets.frames import Frame, Opcode
 
 from app.protocol import CloseCode, Message, peer
+from app.server.outgoing import data_frame
 
 logger = logging.getLogger("app.server")
 
@@ -42,6 +42,7 @@ class ServerCloses:
         self._closing(code, reason, detail or reason)
         self.frames = []
         self.conn.send_close(code, reason)
+        self.batch.flush_one(self.transport)  # the application's messages go before the close
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.transport.close()
         # close() waits for the buffer to drain: a client that reads nothing is dropped later.
@@ -116,12 +117,8 @@ class ServerCloses:
         if self.transport.is_closing():  # the close went at its deadline, or the client left
             raise ClientDisconnected("the server has closed this connection")
         if kind == "websocket.send":
-            data = message.get("bytes")
-            opcode = Opcode.BINARY if data is not None else Opcode.TEXT
-            if data is None:
-                data = message["text"].encode()
-            frame = Frame(opcode, data).serialize(mask=False, extensions=self.conn.extensions)
-            self.transport.write(frame)
+            if (frame := data_frame(message, self.conn.extensions)) is not None:
+                self.transport.write(frame)
         elif kind == "websocket.close":
             self.app_closed = True
             self.close_now()
@@ -129,6 +126,7 @@ class ServerCloses:
     def shutdown(self) -> None:
         """uvicorn's (1012 to an open connection), with its disconnect marked as the server's."""
         was_open = self.handshake_complete and not self.close_sent
+        self.batch.flush_one(self.transport)  # the application's messages go before the 1012
         super().shutdown()
         if was_open:
             self._mark_server_closed()

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from app import metrics
 from app.protocol import Message, peer
@@ -22,6 +23,7 @@ from app.server.deflate import deflate_extensions
 from app.server.flow import WRITE_BUFFER_HARD_LIMIT, FlowControl
 from app.server.frames import FramePolicy, ServerProtocol
 from app.server.http import http_refusal
+from app.server.outgoing import batch_for, data_frame
 from app.server.queue import MessageQueue
 from app.session import TokenBucket
 
@@ -65,10 +67,18 @@ class WebSocketProtocol(
         )
         self.transport.set_write_buffer_limits(high=settings.WEBSOCKET_WRITE_BUFFER_BYTES)
         self.hard_limit = WRITE_BUFFER_HARD_LIMIT * settings.WEBSOCKET_WRITE_BUFFER_BYTES
+        self.batch = batch_for(self.loop)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.batch.drop(self.transport)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, except that what the client sent before a violation in the same read is
-        delivered (uvicorn drops it), and the handshakes websockets refuses get their answer."""
+        delivered (uvicorn drops it), and the handshakes websockets refuses get their answer.
+        What the application sent this turn is written first: uvicorn may answer a ping or a
+        close now (outgoing.WriteBatch)."""
+        self.batch.flush_one(self.transport)
         self.conn.receive_data(data)
         self.handle_events()
         if self.conn.parser_exc is not None:
@@ -93,6 +103,22 @@ class WebSocketProtocol(
             logger.warning("refused %s: %s", peer(self.client), why)
 
     async def send(self, message: Message) -> None:  # type: ignore[override]
+        # A message on an open connection: uvicorn's path without its checks of what cannot be
+        # here, the frame made once for all the connections it goes to, and written at the end
+        # of this turn of the event loop with the others (outgoing.py).
+        if (
+            message["type"] == "websocket.send"
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.write_paused
+            and self.conn.state is State.OPEN
+            and self.initial_response is None
+            and not self.disconnected
+            and (frame := data_frame(message, self.conn.extensions)) is not None
+        ):
+            self.batch.add(self.loop, self.transport, frame)
+            return
+        self.batch.flush_one(self.transport)  # what follows is written at once
         if self.close_sent and not self.app_closed:
             # The server closed this connection itself (a protocol error, a bound, a client that
             # does not read): to the application the client is gone, an OSError as the ASGI spec
@@ -107,7 +133,7 @@ class WebSocketProtocol(
         await super().send(message)
         kind = message["type"]
         if kind == "websocket.send":
-            return  # nearly every message: one comparison
+            return  # a message on a closing connection, or on a paused one
         if kind in APP_CLOSES:  # set after uvicorn's send, which does not yield once it closes
             self.app_closed = True
         if kind == "websocket.accept" and self.handshake_complete:
