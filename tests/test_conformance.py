@@ -60,7 +60,8 @@ def test_every_autobahn_case_is_ok_or_informational(
     server = request.getfixturevalue(server_fixture)
     labels = run_in_subprocess(f"{server.ws_url}/ws/echo/{kind}/", cases, out=tmp_path)
     assert len(labels) == count, len(labels)
-    assert {case: label for case, label in labels.items() if label not in PASSING} == {}
+    why = json.loads((tmp_path / "labels.why.json").read_text())
+    assert {case: label for case, label in labels.items() if label not in PASSING} == {}, why
 
 
 def run_in_subprocess(url: str, cases: str, *, out: Path) -> dict[str, str]:

@@ -179,7 +179,7 @@ def test_an_unknown_parameter_gets_no_extension_and_still_connects(server):
 
 def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
     """Under WEBSOCKET_DEFLATE_MIN_BYTES (256): one stored block, no zlib stream. After a message
-    deflate did not shrink, 15 in 16 go stored, and the 16th is tried again."""
+    deflate shrank by less than a fifth, 15 in 16 go stored, and the 16th is tried again."""
     sock, _ = open_with_offer(server.port, CHROMIUM)
     with sock:
         sock.sendall(client_frame(TEXT, compress(b'{"n":1}'), rsv1=True))
@@ -188,9 +188,10 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
 
         kinds = []
         for _ in range(17):
-            # Deflate shrinks this by about 5 %: a Huffman block (not a stored one of zlib's
-            # own). Each differs (an identical message's frame is made once: outgoing.py).
-            noise = bytes(byte % 200 for byte in os.urandom(8192))
+            # Deflate shrinks this by about 12 % (less than a fifth): a Huffman block, not a
+            # stored one of zlib's own. Each differs (an identical message's frame is made
+            # once: outgoing.py).
+            noise = bytes(byte % 120 for byte in os.urandom(8192))
             sock.sendall(client_frame(BINARY, compress(noise), rsv1=True))
             _, rsv1, payload = read_frame(sock)
             assert rsv1 and inflate(payload, 12) == noise
