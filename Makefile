@@ -36,10 +36,11 @@ screenshot: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python -m tests.screenshot
 
-## bench: the echo grid (docs/benchmarks.{json,md,png}) and the room fan-out (docs/fanout.{json,md}); about 50 minutes on 2 cores
+## bench: the echo grid (docs/benchmarks.{json,md,png}), the room fan-out (docs/fanout.{json,md}) and permessage-deflate's costs (docs/deflate.{json,md}); about 50 minutes on 2 cores
 bench: $(STAMP)
 	$(BIN)/python -m bench.echo
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.deflate
 
 ## conformance: the Autobahn TestSuite (kosoku) against the project under each server and the peers; writes docs/conformance.md
 conformance: $(STAMP)

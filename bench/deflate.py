@@ -1,6 +1,6 @@
 """What permessage-deflate costs ``manage.py serve``, in one run; writes docs/deflate.{json,md}.
 
-    .venv/bin/python -m bench.deflate [--connections 10000] [--rounds 4]
+    .venv/bin/python -m bench.deflate [--connections 10000] [--rounds 4] [--out-dir docs]
 
 - **Memory**: server RSS per idle connection at ``--connections``, each having echoed one 1 KiB
   JSON message, without deflate and with Chromium's offer; a fresh server for each. As a
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
@@ -83,8 +84,8 @@ def cost(rounds: int, messages: int) -> dict:
     return {"rounds": results, "summary": summary}
 
 
-def write(result: dict) -> None:
-    (DOCS / "deflate.json").write_text(json.dumps(result, indent=1))
+def write(result: dict, out_dir: Path = DOCS) -> None:
+    (out_dir / "deflate.json").write_text(json.dumps(result, indent=1))
     memory_rows = result["memory"]
     base = {
         "serve": memory_rows["serve, no deflate"]["kib_per_connection"],
@@ -119,7 +120,7 @@ def write(result: dict) -> None:
             f"| {size} | {rate['plain']:,.0f} / {rate['deflate']:,.0f} | {row['rate_ratio']:.2f}x"
             f" | {cpu['plain']:.1f} / {cpu['deflate']:.1f} us | {row['cpu_ratio']:.2f}x |"
         )
-    (DOCS / "deflate.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "deflate.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--messages", type=int, default=30_000)
+    parser.add_argument("--out-dir", type=Path, default=DOCS)
     args = parser.parse_args()
     result = {
         "machine": machine(),
@@ -135,7 +137,8 @@ def main() -> None:
         "memory": memory(args.connections),
         "cost": cost(args.rounds, args.messages),
     }
-    write(result)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write(result, args.out_dir)
 
 
 if __name__ == "__main__":

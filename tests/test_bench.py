@@ -39,7 +39,7 @@ def test_quick_benchmark_runs_and_the_project_beats_stock_channels(tmp_path):
 
 def test_ab_counts_the_cpu_of_the_servers_worker_processes():
     """granian serves from a worker process: bench.ab's CPU per message must include it."""
-    from bench.ab import cpu_seconds
+    from bench.echo import cpu_seconds
 
     burn = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('done', flush=True)\nsys.stdin.read()"
     before = cpu_seconds(os.getpid())
@@ -51,3 +51,39 @@ def test_ab_counts_the_cpu_of_the_servers_worker_processes():
         assert cpu_seconds(os.getpid()) - before >= 0.28  # ours and the child's
     finally:
         child.communicate("")
+
+
+def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling(tmp_path):
+    """The room bench: the hand-written raw ASGI room first, then the project, each row with its
+    ratio to the ceiling of the same shape, nothing lost, idle memory per member measured."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--layers", "ceiling", "memory", "--members", "20",
+         "--senders", "1", "--big-room", "0", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "fanout.json").read_text())["rows"]
+    assert [row["layer"] for row in rows] == ["ceiling", "memory"]
+    assert rows[0]["ratio_to_ceiling"] == 1.0
+    for row in rows:
+        assert row["lost"] == 0 and row["duplicates"] == 0 and not row["timed_out"]
+        assert row["delivered"] == 20 * 300
+        assert row["idle_kib_per_member"] > 0
+    assert 0 < rows[1]["ratio_to_ceiling"] < 5
+    assert "| memory | 1 | 20 | 1 |" in (tmp_path / "fanout.md").read_text()
+
+
+def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
+    """bench.deflate: every memory row, and both payload sizes echoed compressed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.deflate", "--connections", "50", "--rounds", "1",
+         "--messages", "1000", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "deflate.json").read_text())
+    assert len(report["memory"]) == 4
+    for size in ("16 B", "4096 B"):
+        (run,) = report["cost"]["rounds"][size]["deflate"]
+        assert run["compressed_echoes"] == 1000  # every echo came back with RSV1 set
+    assert "| 16 B |" in (tmp_path / "deflate.md").read_text()

@@ -75,6 +75,7 @@ class Deflate(PerMessageDeflate):
     what does not shrink sent stored."""
 
     min_bytes = 0
+    framing: tuple | None = None
     #: Messages still to send stored since one did not shrink (see ``encode``).
     stored_streak = 0
 
@@ -145,8 +146,21 @@ class DeflateFactory(ServerPerMessageDeflateFactory):
 
     def process_request_params(self, params: Any, accepted_extensions: Any) -> tuple[list, Any]:
         response, extension = super().process_request_params(params, accepted_extensions)
-        extension.__class__ = Deflate  # two methods more, no state
+        extension.__class__ = Deflate  # two methods more, and two attributes
         extension.min_bytes = self.min_bytes
+        # What its frames' bytes depend on, beyond their payloads (outgoing.data_frame shares a
+        # frame between connections that agree on it); None: its frames depend on the last.
+        zlib_settings = self.compress_settings or {}
+        extension.framing = (
+            (
+                extension.local_max_window_bits,
+                zlib_settings.get("level"),
+                zlib_settings.get("memLevel"),
+                self.min_bytes,
+            )
+            if extension.local_no_context_takeover
+            else None
+        )
         return response, extension
 
 

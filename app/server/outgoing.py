@@ -29,15 +29,7 @@ def framing(extensions: list) -> tuple | None:
     if not extensions:
         return ()
     if len(extensions) == 1 and type(extensions[0]) is Deflate:
-        deflate = extensions[0]
-        if deflate.local_no_context_takeover:
-            settings = deflate.compress_settings or {}
-            return (
-                deflate.local_max_window_bits,
-                settings.get("level"),
-                settings.get("memLevel"),
-                deflate.min_bytes,
-            )
+        return extensions[0].framing  # reckoned once, at the handshake
     return None
 
 
