@@ -22,12 +22,15 @@ relies on fails a test.
 | bytes of one message, fragments included | ``SERVER_MAX_MESSAGE_BYTES`` (uvicorn's ``ws_max_size``), the fragments in one buffer | close 1009 |
 | bytes queued for a client that does not read | ``WEBSOCKET_WRITE_BUFFER_BYTES`` (256 KiB): reading from it pauses; the app's send waits past 4x | |
 | time the queue stays over that mark | ``WEBSOCKET_SEND_TIMEOUT`` (10 s) | close 1008, socket dropped |
+| bytes a compressed message inflates to | ``SERVER_MAX_MESSAGE_BYTES`` (inflated no further) | close 1009 |
+| zlib streams an idle connection holds (permessage-deflate) | none: no context takeover either way (``WEBSOCKET_DEFLATE_CONTEXT_TAKEOVER``), a stream per message | |
 
 The package, by subject: ``http`` (request heads), ``caps`` (connections per process and per
 address), ``frames`` (frame rate, fragments, UTF-8), ``flow`` (clients that do not read, read
 pausing), ``closing`` (the server's own closes, and sends after them), ``queue`` (one
-connection's messages), ``websocket`` (the protocol class that composes them) and ``config``
-(``uvicorn_config``).
+connection's messages), ``deflate`` (permessage-deflate), ``outgoing`` (a frame made once for
+the connections a message goes to, writes batched per turn of the event loop), ``websocket``
+(the protocol class that composes them) and ``config`` (``uvicorn_config``).
 """
 
 from app.server.caps import FD_RESERVE, connection_cap, raise_fd_limit
