@@ -57,18 +57,21 @@ def json_payload(size: int) -> bytes:
 
 
 class Deflate:
-    """The client's half of permessage-deflate, no context takeover: what Chromium sends."""
+    """The client's half of permessage-deflate, no context takeover: what Chromium sends.
+    (tests/test_deflate.py uses it too, with other windows and levels.)"""
 
     TAIL = b"\x00\x00\xff\xff"
 
     @staticmethod
-    def compress(payload: bytes) -> bytes:
-        compressor = zlib.compressobj(wbits=-15)
+    def compress(payload: bytes, wbits: int = 15, level: int = -1) -> bytes:
+        """One raw DEFLATE stream for the message, its tail removed (RFC 7692 7.2.1)."""
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits)
         return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
     @staticmethod
-    def inflate(data: bytes) -> bytes:
-        return zlib.decompressobj(wbits=-15).decompress(data + Deflate.TAIL)
+    def inflate(data: bytes, wbits: int = 15) -> bytes:
+        """A message inflated by a fresh decompressor (the sender takes no context over)."""
+        return zlib.decompressobj(wbits=-wbits).decompress(data + Deflate.TAIL)
 
 
 def negotiated_deflate(response) -> bool:

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from websockets.utils import apply_mask
+
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
@@ -43,8 +45,16 @@ def connect(port: int, *, source: str = "127.0.0.1", rcvbuf: int | None = None) 
 
 def websocket(port: int, path: str = "/ws/echo/async/", **kwargs) -> socket.socket:
     """An open WebSocket on a raw socket: the handshake done, nothing else read."""
+    return open_websocket(port, path, **kwargs)[0]
+
+
+def open_websocket(
+    port: int, path: str = "/ws/echo/async/", *, extra: str = "", **kwargs
+) -> tuple[socket.socket, bytes]:
+    """``websocket``, with ``extra`` header lines in the request; also returns the response's
+    head."""
     sock = connect(port, **kwargs)
-    sock.sendall(upgrade_request(path, port))
+    sock.sendall(upgrade_request(path, port, extra=extra))
     response = b""
     while b"\r\n\r\n" not in response:
         chunk = sock.recv(1)  # byte by byte: nothing after the head is consumed
@@ -53,19 +63,20 @@ def websocket(port: int, path: str = "/ws/echo/async/", **kwargs) -> socket.sock
         response += chunk
     if not response.startswith(b"HTTP/1.1 101"):
         raise ConnectionRefusedError(response.split(b"\r\n", 1)[0].decode())
-    return sock
+    return sock, response
 
 
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
-    """A masked client frame (payloads up to 64 KiB)."""
+def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A masked client frame of any size (``rsv1``: a compressed message's first frame)."""
     mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     if len(payload) < 126:
         length = bytes([0x80 | len(payload)])
-    else:
+    elif len(payload) < 65536:
         length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    return bytes([first]) + length + mask + masked
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
+    return bytes([first]) + length + mask + apply_mask(payload, mask)
 
 
 TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9

@@ -136,6 +136,21 @@ def uvicorn_server(shared_servers):
     return shared_servers("uvicorn")
 
 
+def clean_processes(env: dict[str, str], count: int = 1):
+    """``count`` uvicorn processes (``manage.py serve``) on ``env``, for a fixture to yield from:
+    started together, then stopped, and each one's log must be clean."""
+    from tests.servers import LiveServer
+
+    processes = [LiveServer("uvicorn", env=env) for _ in range(count)]
+    for process in processes:
+        process.wait_ready()
+    yield processes
+    for process in processes:
+        process.stop()
+    for process in processes:
+        assert_clean_log(process.log())
+
+
 def assert_clean_log(log: str) -> None:
     """A server log after a test run holds no traceback and no ERROR line."""
     assert "Traceback" not in log, log

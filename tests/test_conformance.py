@@ -17,27 +17,20 @@ from pathlib import Path
 import pytest
 
 from tests.conformance import BIG_ENV, PASSING
-from tests.conftest import assert_clean_log
-from tests.servers import ROOT, LiveServer
+from tests.conftest import clean_processes
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.server
 
 
-def serve_for_conformance(server_env: dict, env: dict):
-    server = LiveServer("uvicorn", env={**server_env, **env}).wait_ready()
-    yield server
-    server.stop()
-    assert_clean_log(server.log())
-
-
 @pytest.fixture(scope="module")
 def shipped_server(server_env):
-    yield from serve_for_conformance(server_env, {})
+    yield from clean_processes(server_env)
 
 
 @pytest.fixture(scope="module")
 def big_message_server(server_env):
-    yield from serve_for_conformance(server_env, BIG_ENV)
+    yield from clean_processes({**server_env, **BIG_ENV})
 
 
 # Deflate is the server's: a consumer sees the inflated message, so the sync consumer runs the
@@ -57,7 +50,7 @@ def big_message_server(server_env):
 def test_every_autobahn_case_is_ok_or_informational(
     request, server_fixture, cases, kind, count, tmp_path
 ):
-    server = request.getfixturevalue(server_fixture)
+    [server] = request.getfixturevalue(server_fixture)
     labels = run_in_subprocess(f"{server.ws_url}/ws/echo/{kind}/", cases, out=tmp_path)
     assert len(labels) == count, len(labels)
     why = json.loads((tmp_path / "labels.why.json").read_text())

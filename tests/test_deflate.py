@@ -16,16 +16,18 @@ import time
 import zlib
 
 import pytest
-from websockets.utils import apply_mask
 
+from bench.client import Deflate, json_payload
 from tests.attacks import (
+    BINARY,
+    TEXT,
     Prober,
     RssWatch,
     close_code,
-    connect,
+    frame,
+    open_websocket,
     read_until_closed,
     sustained,
-    upgrade_request,
 )
 from tests.servers import LiveServer
 
@@ -33,7 +35,6 @@ pytestmark = pytest.mark.server
 
 CHROMIUM = "permessage-deflate; client_max_window_bits"
 FIREFOX = "permessage-deflate"
-TEXT, BINARY = 0x1, 0x2
 
 
 @pytest.fixture(scope="module")
@@ -44,38 +45,9 @@ def server(server_env):
 
 def open_with_offer(port: int, offer: str, path: str = "/ws/echo/async/"):
     """A raw WebSocket whose handshake offers ``offer``: (socket, the response's extensions)."""
-    sock = connect(port)
-    sock.sendall(upgrade_request(path, port, extra=f"Sec-WebSocket-Extensions: {offer}\r\n"))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
+    sock, head = open_websocket(port, path, extra=f"Sec-WebSocket-Extensions: {offer}\r\n")
     headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line)
     return sock, {k.lower(): v for k, v in headers.items()}.get("sec-websocket-extensions")
-
-
-def client_frame(opcode: int, payload: bytes, *, rsv1: bool) -> bytes:
-    """A masked client frame of any size, RSV1 as given."""
-    mask = os.urandom(4)
-    first = 0x80 | (0x40 if rsv1 else 0) | opcode
-    if len(payload) < 126:
-        length = bytes([0x80 | len(payload)])
-    elif len(payload) < 65536:
-        length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    else:
-        length = bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
-    return bytes([first]) + length + mask + apply_mask(payload, mask)
-
-
-def compress(data: bytes, wbits: int = 15, level: int = 6) -> bytes:
-    """What a client without context takeover sends: one raw DEFLATE stream, tail removed."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits)
-    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
-
-
-def inflate(data: bytes, wbits: int = 15) -> bytes:
-    """A fresh decompressor a message (the server does not take its context over)."""
-    return zlib.decompressobj(-wbits).decompress(data + b"\x00\x00\xff\xff")
 
 
 def read_exactly(sock: socket.socket, n: int) -> bytes:
@@ -102,13 +74,7 @@ def read_frame(sock: socket.socket) -> tuple[int, bool, bytes]:
 def params(extensions: str) -> dict[str, str | None]:
     name, *rest = [part.strip() for part in extensions.split(";")]
     assert name == "permessage-deflate"
-    return {k: v for k, _, v in (p.partition("=") for p in rest)} | {}
-
-
-def json_document(size: int) -> bytes:
-    from bench.client import json_payload
-
-    return json_payload(size)
+    return {k: v for k, _, v in (p.partition("=") for p in rest)}
 
 
 @pytest.mark.parametrize("offer", [CHROMIUM, FIREFOX], ids=["chromium", "firefox"])
@@ -120,22 +86,22 @@ def test_a_browsers_offer_is_accepted_without_context_takeover_and_echoes(server
         assert "server_no_context_takeover" in negotiated
         assert "client_no_context_takeover" in negotiated
         assert negotiated["server_max_window_bits"] == "12"
-        document = json_document(4096)
-        sock.sendall(client_frame(TEXT, compress(document), rsv1=True))
+        document = json_payload(4096)
+        sock.sendall(frame(TEXT, Deflate.compress(document), rsv1=True))
         opcode, rsv1, payload = read_frame(sock)
         assert (opcode, rsv1) == (TEXT, True)
-        assert inflate(payload, 12) == document
+        assert Deflate.inflate(payload, 12) == document
         assert len(payload) < len(document) / 4  # JSON shrinks to about a sixth
         # A message sent uncompressed in a deflate session (RFC 7692 allows it) is echoed too.
-        sock.sendall(client_frame(TEXT, b"plain", rsv1=False))
+        sock.sendall(frame(TEXT, b"plain", rsv1=False))
         opcode, rsv1, payload = read_frame(sock)
-        assert inflate(payload) == b"plain" if rsv1 else payload == b"plain"
+        assert Deflate.inflate(payload) == b"plain" if rsv1 else payload == b"plain"
 
 
 def test_the_websockets_clients_offer_is_accepted(server):
     from websockets.sync.client import connect as ws_connect
 
-    document = json_document(2048).decode()
+    document = json_payload(2048).decode()
     with ws_connect(f"{server.ws_url}/ws/echo/sync/") as ws:
         negotiated = ws.response.headers["Sec-WebSocket-Extensions"]
         assert negotiated.startswith("permessage-deflate"), negotiated
@@ -165,10 +131,10 @@ def test_each_negotiation_parameter_is_honoured(server, offer, expected):
             assert negotiated[name] == value, extensions
         server_bits = int(negotiated["server_max_window_bits"])
         client_bits = int(negotiated.get("client_max_window_bits") or 15)
-        document = json_document(8192)
-        sock.sendall(client_frame(TEXT, compress(document, client_bits), rsv1=True))
+        document = json_payload(8192)
+        sock.sendall(frame(TEXT, Deflate.compress(document, client_bits), rsv1=True))
         _, rsv1, payload = read_frame(sock)
-        assert rsv1 and inflate(payload, server_bits) == document
+        assert rsv1 and Deflate.inflate(payload, server_bits) == document
 
 
 def test_an_unknown_parameter_gets_no_extension_and_still_connects(server):
@@ -182,7 +148,7 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
     deflate shrank by less than a fifth, 15 in 16 go stored, and the 16th is tried again."""
     sock, _ = open_with_offer(server.port, CHROMIUM)
     with sock:
-        sock.sendall(client_frame(TEXT, compress(b'{"n":1}'), rsv1=True))
+        sock.sendall(frame(TEXT, Deflate.compress(b'{"n":1}'), rsv1=True))
         _, rsv1, payload = read_frame(sock)
         assert rsv1 and payload == b"\x00\x07\x00\xf8\xff" + b'{"n":1}' + b"\x00"
 
@@ -192,9 +158,9 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
             # stored one of zlib's own. Each differs (an identical message's frame is made
             # once: outgoing.py).
             noise = bytes(byte % 120 for byte in os.urandom(8192))
-            sock.sendall(client_frame(BINARY, compress(noise), rsv1=True))
+            sock.sendall(frame(BINARY, Deflate.compress(noise), rsv1=True))
             _, rsv1, payload = read_frame(sock)
-            assert rsv1 and inflate(payload, 12) == noise
+            assert rsv1 and Deflate.inflate(payload, 12) == noise
             stored = payload[:1] == b"\x00" and len(payload) == len(noise) + 6
             kinds.append("stored" if stored else "deflated")
         assert kinds == ["deflated"] + ["stored"] * 15 + ["deflated"]
@@ -205,19 +171,19 @@ def test_a_compressed_text_frame_arriving_in_pieces_is_not_checked_as_utf8(serve
     reads its payload as it comes; a compressed payload is not UTF-8 until inflated."""
     sock, _ = open_with_offer(server.port, CHROMIUM)
     with sock:
-        document = json_document(65536)
-        wire = client_frame(TEXT, compress(document), rsv1=True)
+        document = json_payload(65536)
+        wire = frame(TEXT, Deflate.compress(document), rsv1=True)
         for start in range(0, len(wire), 1000):
             sock.sendall(wire[start : start + 1000])
             time.sleep(0.001)  # the attacker's pace: the server reads each piece apart
         _, _, payload = read_frame(sock)
-        assert inflate(payload, 12) == document
+        assert Deflate.inflate(payload, 12) == document
 
 
 def test_a_compression_bomb_is_closed_1009_at_the_message_limit(server):
     """64 MiB of zeros deflated into one ~64 KiB message: inflated no further than the server's
     message limit, closed with 1009 and one WARNING line, memory and /healthz unmoved."""
-    bomb = client_frame(BINARY, compress(bytes(64 * 1024 * 1024), level=9), rsv1=True)
+    bomb = frame(BINARY, Deflate.compress(bytes(64 * 1024 * 1024), level=9), rsv1=True)
     assert len(bomb) < 70 * 1024
 
     def explode() -> int | None:
@@ -240,7 +206,7 @@ def test_deflate_turned_off_by_its_setting_is_not_negotiated(server_env):
         sock, extensions = open_with_offer(live.port, CHROMIUM)
         with sock:
             assert extensions is None
-            sock.sendall(client_frame(TEXT, b"hello", rsv1=False))
+            sock.sendall(frame(TEXT, b"hello", rsv1=False))
             assert read_frame(sock) == (TEXT, False, b"hello")
 
 
@@ -255,7 +221,7 @@ def test_context_takeover_by_its_setting_keeps_one_stream_each_way(server_env):
             for n in range(3):
                 message = json.dumps({"n": n, "pad": "x" * 300}).encode()
                 sock.sendall(
-                    client_frame(
+                    frame(
                         TEXT,
                         (encoder.compress(message) + encoder.flush(zlib.Z_SYNC_FLUSH))[:-4],
                         rsv1=True,

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import assert_clean_log
+from tests.conftest import assert_clean_log, clean_processes
 from tests.servers import ROOT, LiveServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
@@ -26,15 +26,7 @@ def new_room() -> str:
 @pytest.fixture(scope="module")
 def two_servers(redis_server, server_env):
     """Two uvicorn processes sharing the private Redis."""
-    env = {**server_env, "REDIS_URL": redis_server.url}
-    servers = [LiveServer("uvicorn", env=env) for _ in range(2)]
-    for server in servers:
-        server.wait_ready()
-    yield servers
-    for server in servers:
-        server.stop()
-    for server in servers:
-        assert_clean_log(server.log())
+    yield from clean_processes({**server_env, "REDIS_URL": redis_server.url}, count=2)
 
 
 def room_url(server: LiveServer, room: str, kind: str = "async") -> str:

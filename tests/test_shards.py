@@ -17,9 +17,8 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import assert_clean_log
+from tests.conftest import clean_processes
 from tests.redis_server import RedisServer, redis_missing
-from tests.servers import LiveServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
 
@@ -40,14 +39,7 @@ def shards():
 @pytest.fixture
 def two_processes(shards, server_env):
     env = {**server_env, "REDIS_URL": ",".join(shard.url for shard in shards)}
-    processes = [LiveServer("uvicorn", env=env) for _ in range(2)]
-    for process in processes:
-        process.wait_ready()
-    yield processes
-    for process in processes:
-        process.stop()
-    for process in processes:
-        assert_clean_log(process.log())
+    yield from clean_processes(env, count=2)
 
 
 def shard_of_group(shards: list[RedisServer], room: str) -> int:

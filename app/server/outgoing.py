@@ -82,6 +82,8 @@ class WriteBatch:
         self.pending: dict[Any, list[bytes]] = {}
 
     def add(self, loop: Any, transport: Any, frame: bytes) -> None:
+        # ``loop`` is passed, not kept: a batch holding its loop would keep the loop alive
+        # through ``_batches``, whose keys are weak.
         pending = self.pending
         if not pending:
             loop.call_soon(self.flush)
