@@ -13,24 +13,22 @@ and checked by running Channels' own test suite with these classes in its base c
 - settings are read with defaults, and a consumer that does not opt in to tracing
   (``traceable``) or to the channel layer's news (a ``layer_unavailable`` or ``layer_dropped``
   handler) pays nothing for them and sees nothing of them.
+
+The pieces, one module each: where messages come from (``app/sources.py``), where sync
+handlers run and how their sends get back (``app/lanes.py``), what a send to a closed
+connection raises (``app/client_gone.py``), and the layer's news (``app/layer_news.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import inspect
 import logging
 import os
-import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable
-from operator import attrgetter
+from collections.abc import Callable
 from time import perf_counter
 
 from asgiref.sync import SyncToAsync
@@ -38,112 +36,19 @@ from channels.consumer import AsyncConsumer, SyncConsumer, get_handler_name
 from channels.db import aclose_old_connections
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import close_old_connections
 
 from app import metrics, protocol
-from app.layers import LAYER_ERRORS, closed_transport, error_text
+from app.client_gone import DISCONNECT_WAIT, SERVER_SEND_GONE, ClientGone, from_server_send
+from app.lanes import FLUSH_AFTER, Outbox, finisher_for, handler_lanes
+from app.layer_news import LayerNews, wants_news
+from app.layers import error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.session import ConnectionLog
+from app.sources import discard, live, read_ahead, two_sources
 from app.tracing import Tracer, asks_for_trace
 
-try:  # what uvicorn raises for a send to a client that has left
-    from uvicorn.protocols.utils import ClientDisconnected
-except ImportError:  # pragma: no cover - uvicorn is a dependency
-
-    class ClientDisconnected(OSError):
-        pass
-
-
-try:  # what daphne raises for a send while its closing handshake runs
-    from autobahn.exception import Disconnected
-except ImportError:  # pragma: no cover - daphne is a dependency
-
-    class Disconnected(RuntimeError):
-        pass
-
-
-#: What a server's ``send`` raises for a connection that it has closed, or that the client
-#: left (measured in issue 23: a send every millisecond while the client sends a frame with
-#: RSV1 set, a close frame, or a reset):
-#:
-#: - uvicorn: ``ClientDisconnected``, an ``OSError`` as the ASGI spec asks. (Plain uvicorn
-#:   raises ``RuntimeError`` between failing a connection and losing it; ``app/server/``
-#:   raises ``ClientDisconnected`` there too.)
-#: - daphne: autobahn's ``Disconnected``, a ``RuntimeError``, while the closing handshake
-#:   runs; once the connection is gone the send is dropped.
-#: - hypercorn and granian: nothing; the send is dropped.
-SERVER_SEND_GONE = (OSError, Disconnected)
-
-
-class ClientGone(ClientDisconnected):
-    """The server's ``send`` found the connection closed: the client left, or the server
-    closed it for something the client did. Raised in place of whatever that server raises
-    (``SERVER_SEND_GONE``), only from the server's ``send``, so that an ``OSError`` of the
-    application's own still propagates as with Channels. The consumer ends with one INFO line.
-    """
-
-
-def from_server_send(error: Exception) -> Exception:
-    """What the consumer raises for ``error`` from the server's ``send``: ``ClientGone`` for a
-    closed connection, anything else as it is."""
-    if isinstance(error, SERVER_SEND_GONE) and not isinstance(error, ClientGone):
-        gone = ClientGone(f"{type(error).__name__}: {error}")
-        gone.__cause__ = error
-        return gone
-    return error
-
-
 logger = logging.getLogger("app.dispatch")
-
-#: Threads for sync handlers where settings has no ``SYNC_CONSUMER_THREADS``, and at most
-#: (``SYNC_CONSUMER_MAX_THREADS``), while every one is busy, for new connections.
-DEFAULT_SYNC_CONSUMER_THREADS = 8
-DEFAULT_SYNC_CONSUMER_MAX_THREADS = 256
-
-#: Seconds a sync handler runs before its sends are written as it makes them rather than when
-#: it returns (``Outbox``).
-FLUSH_AFTER = 0.01
-
-#: Seconds a consumer waits for its cancelled readers before it ends regardless.
-READER_STOP_TIMEOUT = 2.0
-
-#: Seconds a consumer whose send found the client gone waits for the server's
-#: ``websocket.disconnect`` (uvicorn has queued it already; daphne sends it once its closing
-#: handshake ends) before it handles a 1006 of its own.
-DISCONNECT_WAIT = 5.0
-
-#: Up to this many open connections in the process, a consumer calls ``receive()`` for the next
-#: message before handling the current one (``read_ahead``). Measured on granian, project async
-#: echo, msg/s with / without (docs/performance.md): 1 connection 1.30, 10: 1.20-1.27, 30: 1.07,
-#: 50: 0.98, 100: 0.79 (and 1.34 x the CPU per message).
-READ_AHEAD_CONNECTIONS = 32
-
-
-def read_ahead(receive: Receive) -> Awaitable[Message] | None:
-    """The next ``receive()``, called now, while the process has few connections; else None.
-
-    granian starts reading when ``receive()`` is called, and its future, complete by the time it
-    is awaited, returns without waking the loop: called before the handler runs, the next
-    message is read meanwhile, and one connection's round trip loses a thread hand-off. With
-    many connections the loop has other work while a message is read, and the reads left
-    pending cost granian more than they save. Other servers' ``receive`` is a coroutine
-    function: called early, it does nothing until awaited.
-    """
-    return receive() if live.count <= READ_AHEAD_CONNECTIONS else None
-
-
-def discard(awaitable: Awaitable[object] | None) -> None:
-    """Drop a ``receive()`` that was issued ahead and will not be awaited.
-
-    Most servers' ``receive`` is a coroutine function: closed unstarted, it did nothing (and
-    warns of nothing). granian's returns a future whose read has already begun: cancelled, it
-    stops reading and lets go of the connection.
-    """
-    if inspect.iscoroutine(awaitable):
-        awaitable.close()
-    elif (cancel := getattr(awaitable, "cancel", None)) is not None:
-        cancel()
 
 
 class UnroutableMessage(ValueError):
@@ -153,184 +58,6 @@ class UnroutableMessage(ValueError):
     is the first thing the caller sees: nothing is sent to the client before it leaves the
     consumer (Channels' ``test_block_underscored_type_function_call`` requires exactly that).
     """
-
-
-class LiveConsumers:
-    """How many consumers are running in this process: one per open WebSocket connection."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def opened(self) -> None:
-        self.count += 1
-
-    def closed(self) -> None:
-        self.count -= 1
-
-
-#: Read by /healthz; only the event loop thread changes it.
-live = LiveConsumers()
-
-
-class Finisher:
-    """Handler outcomes on their way back to one event loop: one ``call_soon_threadsafe`` for
-    all that are ready, instead of one per handler (``run_in_executor``: 17,000-19,000 round
-    trips a second with 100 connections waiting; this way 55,000-150,000, measured in process).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.outcomes: collections.deque[tuple[asyncio.Future, object, BaseException | None]]
-        self.outcomes = collections.deque()
-        self.scheduled = False
-
-    def finished(self, future: asyncio.Future, result: object, error: BaseException | None) -> None:
-        """In a lane's thread: hand one outcome back; wake the loop unless a wake-up is pending.
-        (Appended before ``scheduled`` is read, and the loop clears it before reading: none is
-        left behind; two threads may both wake it, which costs an empty ``_settle``.)"""
-        self.outcomes.append((future, result, error))
-        if not self.scheduled:
-            self.scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                self.loop.call_soon_threadsafe(self._settle)
-
-    def _settle(self) -> None:
-        self.scheduled = False
-        outcomes = self.outcomes
-        while outcomes:
-            future, result, error = outcomes.popleft()
-            if future.cancelled():
-                continue
-            if error is None:
-                future.set_result(result)
-            elif isinstance(error, StopIteration):  # a future refuses it, as a coroutine does
-                future.set_exception(RuntimeError(f"handler raised {error!r}"))
-            else:
-                future.set_exception(error)
-
-
-_finishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Finisher] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def finisher_for(loop: asyncio.AbstractEventLoop) -> Finisher:
-    """The loop's one ``Finisher`` (a test run has a loop per test)."""
-    finisher = _finishers.get(loop)
-    if finisher is None:
-        finisher = _finishers[loop] = Finisher(loop)
-    return finisher
-
-
-class Lane:
-    """One thread for sync handlers, with what holds it.
-
-    Jobs wait in a deque: the loop wakes the thread only when it is idle, and a busy thread
-    takes the next job without a wake-up; outcomes go back through the loop's ``Finisher``.
-    """
-
-    def __init__(self, index: int) -> None:
-        self.name = f"sync-consumer-{index}"
-        self.connections = 0  # connections whose handlers run here
-        self.running = 0  # handlers running (or queued) here now
-        self.handler_started: float | None = None  # when the handler in its thread began
-        self.jobs: collections.deque[tuple] = collections.deque()
-        self.lock = threading.Lock()
-        self.wake = threading.Semaphore(0)
-        self.idle = True
-        self.thread: threading.Thread | None = None
-
-    def submit(self, finisher: Finisher, fn: Callable, *args: object) -> asyncio.Future:
-        """Run ``fn(*args)`` on this lane's thread, after the jobs before it; on the loop."""
-        future = finisher.loop.create_future()
-        with self.lock:
-            self.jobs.append((finisher, future, fn, args))
-            wake, self.idle = self.idle, False
-        if wake:
-            if self.thread is None:  # started on first use, as ThreadPoolExecutor does
-                self.thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self.thread.start()
-            self.wake.release()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            self.wake.acquire()
-            while True:
-                with self.lock:
-                    if not self.jobs:
-                        self.idle = True
-                        break
-                    finisher, future, fn, args = self.jobs.popleft()
-                try:
-                    result = fn(*args)
-                except BaseException as error:  # the awaiting dispatch raises it
-                    finisher.finished(future, None, error)
-                else:
-                    finisher.finished(future, result, None)
-                # An idle lane holds nothing of its last job (its message can be 1 MiB).
-                finisher = future = fn = args = result = None
-
-
-class HandlerLanes:
-    """The threads sync handlers run on: lanes of one thread each.
-
-    A connection takes a lane when it opens and keeps it until it ends, so all its handlers run
-    on one thread, as with Channels (where every ``SyncConsumer`` of the process shares one
-    thread): an object with thread affinity made in one handler (a ``sqlite3`` connection, a
-    thread-local) works in the next. Connections on different lanes run side by side (Channels'
-    single thread serialises them all, channels#2132).
-
-    A new connection takes an idle lane (no handler running), the one with fewest connections.
-    When every lane is held by a handler that has run for ``blocked_after`` seconds (slow
-    handlers, or sends blocked by clients that do not read), it opens a new lane, up to
-    ``max_size``, so that it does not wait behind them; otherwise the lane with fewest
-    connections. (Growing whenever every lane is merely busy would open a thread per connection
-    under ordinary load: sync echo at 100 connections fell to 0.7x with that rule.)
-    """
-
-    def __init__(
-        self, size: int, *, max_size: int | None = None, blocked_after: float = 0.1
-    ) -> None:
-        self.lanes = [self._new_lane(index) for index in range(size)]
-        self.max_size = max(size, max_size or size)
-        self.blocked_after = blocked_after
-
-    @staticmethod
-    def _new_lane(index: int) -> Lane:
-        return Lane(index)
-
-    def take(self) -> Lane:
-        idle = [lane for lane in self.lanes if lane.running == 0]
-        if idle:
-            lane = min(idle, key=attrgetter("connections"))
-        elif len(self.lanes) < self.max_size and all(map(self._blocked, self.lanes)):
-            lane = self._new_lane(len(self.lanes))
-            self.lanes.append(lane)
-        else:
-            lane = min(self.lanes, key=attrgetter("connections"))
-        lane.connections += 1
-        return lane
-
-    def release(self, lane: Lane) -> None:
-        lane.connections -= 1
-
-    def _blocked(self, lane: Lane) -> bool:
-        started = lane.handler_started
-        return started is not None and time.monotonic() - started >= self.blocked_after
-
-
-_handler_lanes: HandlerLanes | None = None
-
-
-def handler_lanes() -> HandlerLanes:
-    """The process's lanes: ``SYNC_CONSUMER_THREADS`` at first, ``SYNC_CONSUMER_MAX_THREADS`` at most."""
-    global _handler_lanes
-    if _handler_lanes is None:
-        size = getattr(settings, "SYNC_CONSUMER_THREADS", DEFAULT_SYNC_CONSUMER_THREADS)
-        most = getattr(settings, "SYNC_CONSUMER_MAX_THREADS", DEFAULT_SYNC_CONSUMER_MAX_THREADS)
-        _handler_lanes = HandlerLanes(size, max_size=most)
-    return _handler_lanes
 
 
 #: Message type -> handler name, for the types seen (at most 1,024: types come from code, but a
@@ -349,8 +76,6 @@ class _DispatchLoop:
     #: Elsewhere a ``trace`` query parameter is only a query parameter.
     traceable = False
     tracer: Tracer | None = None
-    _layer_failed = False
-    _watch_drops = False
     #: Counted in ``channels_echo_room_members`` while connected (app/metrics.py).
     room_member = False
 
@@ -482,112 +207,20 @@ class _DispatchLoop:
         return session.log if session is not None else logger
 
     async def _two_sources(self, receive: Receive) -> None:
-        """Client events and channel-layer events, in arrival order, one dispatch at a time.
-
-        Each source has a reader task that dispatches what it read when its turn comes (a
-        lock: waiting readers go in arrival order), so a message costs one task wake-up. (A
-        one-slot queue to a dispatching task, with an ``asyncio.wait`` per message, cost three,
-        and Channels' ``await_many_dispatch`` a new task as well: 35 % of a room's time.) Both
-        readers run in one context copied from this call's, so handlers share their
-        ``contextvars`` as they do when dispatched from here. A reader holds at most one
-        message while it waits for its turn.
-        """
-        turn = asyncio.Lock()
-        ended = False
-
-        async def read(source: Receive, *, then_yield: bool) -> None:
-            nonlocal ended
-            pending = source()
-            try:
-                while True:
-                    message = await pending
-                    pending = read_ahead(source)  # as in __call__
-                    await turn.acquire()  # no suspension unless the other reader has it
-                    try:
-                        if ended:  # the other reader's handler ended the consumer
-                            return
-                        try:
-                            await self.dispatch(message)
-                        except BaseException:
-                            ended = True
-                            raise
-                    finally:
-                        turn.release()
-                    del message
-                    if pending is None:
-                        pending = source()
-                    if then_yield:
-                        await asyncio.sleep(0)
-            finally:
-                discard(pending)
-
-        # Opt-in: a consumer with a layer_unavailable handler is told once that the layer
-        # failed (any other gets the layer's exception, as with Channels); one with a
-        # layer_dropped handler is told when the layer dropped messages meant for it.
-        self._watch_drops = hasattr(self, "layer_dropped") and hasattr(
-            self.channel_layer, "take_drops"
-        )
-        layer_receive = (
-            self._layer_receive
-            if self._watch_drops or hasattr(self, "layer_unavailable")
-            else self.channel_receive
-        )
+        """Client events and channel-layer events (``two_sources``); the layer's news for the
+        consumers that opt in to it (``app/layer_news.py``)."""
+        layer_receive = self.channel_receive
+        if wants_news(self):
+            news = LayerNews(
+                self.channel_layer,
+                self.channel_name,
+                self.channel_receive,
+                drops=hasattr(self, "layer_dropped"),
+            )
+            layer_receive = news.receive
         if self.tracer:
             layer_receive = self.tracer.source(layer_receive)
-        self._layer_news: list[Message] = []
-        context = contextvars.copy_context()
-        # What a client sends is read one message per turn of the loop; a room's messages are
-        # delivered as long as they are there. (One message per turn for both, as Channels does:
-        # with three members publishing, each member delivered one message for three published,
-        # and every queue overflowed at once: tests/test_limits.py.)
-        readers = [
-            asyncio.create_task(read(receive, then_yield=True), context=context),
-            asyncio.create_task(read(layer_receive, then_yield=False), context=context),
-        ]
-        try:
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            for reader in done:
-                reader.result()  # a handler's StopConsumer or error, or a source's error
-        finally:
-            for reader in readers:
-                reader.cancel()
-            # Bounded: after a Redis outage, channels-redis can leave a cancelled receive waiting
-            # on its internal receive lock, and this consumer must still end.
-            _, stuck = await asyncio.wait(readers, timeout=READER_STOP_TIMEOUT)
-            if stuck:
-                logger.warning(
-                    "%d channel-layer reader(s) did not stop; left to the layer", len(stuck)
-                )
-
-    async def _layer_receive(self) -> Message:
-        """The next channel-layer message, for consumers that opted in to the layer's news.
-
-        A failing layer becomes one ``layer.unavailable`` event; messages the layer dropped for
-        this channel (``take_drops``, app/layers.py) a ``layer.dropped`` event with their count,
-        after the message that revealed them.
-        """
-        if self._layer_news:
-            return self._layer_news.pop()
-        if self._layer_failed:
-            await asyncio.Future()  # told the consumer once; it is closing, so wait for nothing
-        for attempt in (1, 2):
-            try:
-                message = await self.channel_receive()
-                if self._watch_drops and (lost := self.channel_layer.take_drops(self.channel_name)):
-                    self._layer_news.append({"type": "layer.dropped", "count": lost})
-                return message
-            except (*LAYER_ERRORS, RuntimeError) as error:
-                if isinstance(error, RuntimeError) and not closed_transport(error):
-                    raise
-                # Once more: after Redis restarts, the first command on a pooled connection fails.
-                if attempt == 2:
-                    metrics.layer_errors.labels("receive").inc()
-                    self._layer_failed = True
-                    return {
-                        "type": "layer.unavailable",
-                        "error": error_text(error),
-                    }
-        raise AssertionError("unreachable")
+        await two_sources(receive, layer_receive, self.dispatch)
 
     def handler_for(self, message: Message) -> Callable:
         """The method named after the message type: ``websocket.receive`` -> ``websocket_receive``."""
@@ -604,113 +237,6 @@ class _DispatchLoop:
         if handler is None:
             raise UnroutableMessage(f"No handler for message type {message['type']}")
         return handler
-
-
-class Outbox:
-    """A sync connection's sends on their way from its handler thread to the server's ``send``.
-
-    ``put`` (the handler's ``send``) queues the message and returns; the loop writes what is
-    queued, in order, in one wake-up: when the handler returns (on the hop that reports its
-    return: one cross-thread hand-off each way per message, where waiting in ``send`` for the
-    loop cost two), or at once for a handler still running after ``flush_after`` seconds
-    (``eager``), so that a send before slow work is not held back by it. ``dispatch`` waits
-    until the queue is written before the connection's next message, so order and the server's
-    backpressure hold as before. At most ``max_messages`` messages or ``max_bytes`` of payload
-    wait: past that the handler's ``send`` blocks until the loop has written them.
-
-    An error from the server's ``send`` (a client gone) is raised by the handler's next
-    ``send``, or by ``dispatch`` once the handler returns, and the rest of the queue is dropped.
-    """
-
-    def __init__(
-        self,
-        send: Send,
-        loop: asyncio.AbstractEventLoop,
-        count: Callable[[Message], None],
-        *,
-        max_messages: int = 64,
-        max_bytes: int = 1024 * 1024,
-    ) -> None:
-        self.server_send, self.loop, self.count = send, loop, count
-        self.max_messages, self.max_bytes = max_messages, max_bytes
-        self.queue: collections.deque[tuple[Message, int]] = collections.deque()  # and its size
-        self.queued_bytes = 0
-        self.counting = threading.Lock()  # queued_bytes changes on both threads
-        self.eager = False  # the handler has run past flush_after: hand each send over at once
-        self.error: BaseException | None = None
-        self.writer: asyncio.Task | None = None  # a write started while the handler runs
-        self.waiters: list[concurrent.futures.Future[None]] = []
-
-    def put(self, message: Message) -> None:
-        """The handler thread's ``send``."""
-        if self.error is not None:
-            raise self.error
-        size = metrics.payload_bytes(message)
-        with self.counting:
-            self.queue.append((message, size))  # appended before eager is read: see go_eager
-            self.queued_bytes += size
-            full = len(self.queue) >= self.max_messages or self.queued_bytes >= self.max_bytes
-        if not (full or self.eager):
-            return
-        waiter: concurrent.futures.Future[None] | None = (
-            concurrent.futures.Future() if full else None
-        )
-        self.loop.call_soon_threadsafe(self._write_soon, waiter)
-        while waiter is not None:
-            try:
-                return waiter.result(timeout=1.0)
-            except concurrent.futures.TimeoutError:
-                # A slow client is the server's to bound; a stopped loop would leave this
-                # thread waiting for ever, and block the interpreter's exit with it.
-                if self.loop.is_closed():
-                    raise ClientGone("the server's event loop has stopped") from None
-
-    def go_eager(self) -> None:
-        """On the loop, once the handler has run ``flush_after``: write what it has sent so
-        far, and have its later sends handed over at once. (Set before the queue is read, and
-        the thread appends before reading it: no send is left behind between the two.)"""
-        self.eager = True
-        self._write_soon(None)
-
-    def _write_soon(self, waiter: concurrent.futures.Future[None] | None) -> None:
-        if waiter is not None:
-            self.waiters.append(waiter)
-        if self.writer is None or self.writer.done():
-            self.writer = self.loop.create_task(self.write())
-
-    async def write(self) -> None:
-        """Give the queued messages to the server's ``send`` (any awaitable), in order."""
-        queue = self.queue
-        try:
-            while queue:
-                with self.counting:
-                    message, size = queue.popleft()
-                    self.queued_bytes -= size
-                self.count(message)
-                await self.server_send(message)
-        except Exception as error:
-            self.error = from_server_send(error)
-            with self.counting:
-                queue.clear()
-                self.queued_bytes = 0
-        finally:
-            waiters, self.waiters = self.waiters, []
-            for waiter in waiters:
-                if self.error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(self.error)
-
-    async def drain(self) -> None:
-        """After the handler returned: write what it left, after any write under way."""
-        self.eager = False
-        if self.writer is not None:
-            await self.writer
-            self.writer = None
-        if self.queue:
-            await self.write()
-        if self.error is not None:
-            raise self.error
 
 
 class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):

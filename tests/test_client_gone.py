@@ -2,7 +2,7 @@
 
 Two layers. The project's server (``app/server/``) raises an ``OSError`` for a send after it
 failed a connection itself, where plain uvicorn raises ``RuntimeError``. The base classes
-(``app/dispatch.py``) turn what each server raises there (``SERVER_SEND_GONE``, measured per
+(``app/dispatch.py``, ``app/client_gone.py``) turn what each server raises there (``SERVER_SEND_GONE``, measured per
 server) into one ``ClientGone``, end the consumer with one INFO line, and still run its
 ``websocket_disconnect``, so a room member leaves its group. Every place a consumer sends on
 its own initiative is covered: the echo, a room's message, a member told it fell behind,
@@ -28,7 +28,7 @@ from tests.uvicorn_protocol import drive
 
 GONE = "client gone before a send could reach it"
 
-#: What each server's send raises for a closed connection (app/dispatch.py, SERVER_SEND_GONE).
+#: What each server's send raises for a closed connection (app/client_gone.py, SERVER_SEND_GONE).
 SERVER_ERRORS = {
     "uvicorn": lambda: ClientDisconnected(),
     "daphne": lambda: Disconnected("Attempt to send on a closed protocol"),

@@ -21,7 +21,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import app.dispatch
-from app.dispatch import HandlerLanes, LeanAsyncConsumer, LeanSyncConsumer, UnroutableMessage
+import app.lanes
+from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer, UnroutableMessage
+from app.lanes import HandlerLanes
 from tests.compat import BEHAVIOUR
 from tests.probe_app import RaisingAsync, RaisingSync, application
 from tests.servers import SERVERS, LiveServer
@@ -41,7 +43,7 @@ def lanes(request, monkeypatch) -> HandlerLanes:
     """Sync handlers on ``request.param`` lanes: 1 puts every connection on the same thread."""
     size = getattr(request, "param", 4)
     replaced = HandlerLanes(size, max_size=size)
-    monkeypatch.setattr(app.dispatch, "_handler_lanes", replaced)
+    monkeypatch.setattr(app.lanes, "_handler_lanes", replaced)
     return replaced
 
 
@@ -138,7 +140,7 @@ class GatedSync(LeanSyncConsumer):
 
 async def test_a_new_connection_gets_a_new_lane_while_every_lane_is_busy(monkeypatch):
     lanes = HandlerLanes(1, max_size=2, blocked_after=0)
-    monkeypatch.setattr(app.dispatch, "_handler_lanes", lanes)
+    monkeypatch.setattr(app.lanes, "_handler_lanes", lanes)
     GatedSync.gate.clear()
     GatedSync.entered.clear()
     stuck = WebsocketCommunicator(GatedSync.as_asgi(), "/")
@@ -169,7 +171,7 @@ async def test_lanes_grow_only_when_every_lane_is_blocked_not_merely_busy():
     assert lanes.take() is lanes.lanes[2]  # a new lane, not a wait behind them
 
 
-# --- sends from a handler thread (app.dispatch.Outbox) ---------------------------------------
+# --- sends from a handler thread (app.lanes.Outbox) ------------------------------------------
 
 
 class ProgressSync(LeanSyncConsumer):
@@ -215,7 +217,7 @@ async def test_a_handler_thread_holds_at_most_max_messages_then_its_send_waits()
         await gate.wait()
         written.append(message["text"])
 
-    outbox = app.dispatch.Outbox(stuck_send, loop, lambda message: None, max_messages=8)
+    outbox = app.lanes.Outbox(stuck_send, loop, lambda message: None, max_messages=8)
     returned = []
 
     def handler():
@@ -323,13 +325,13 @@ async def test_sync_send_works_with_a_send_that_returns_any_awaitable():
 @pytest.mark.django_db(transaction=True)
 async def test_sync_consumers_work_without_the_thread_setting(settings, monkeypatch):
     del settings.SYNC_CONSUMER_THREADS
-    monkeypatch.setattr(app.dispatch, "_handler_lanes", None)
+    monkeypatch.setattr(app.lanes, "_handler_lanes", None)
     communicator = WebsocketCommunicator(RaisingSync.as_asgi(), "/")
     assert (await communicator.connect())[0]
     await communicator.send_to(text_data="hello")
     assert await communicator.receive_from() == "hello"
     await communicator.disconnect()
-    assert len(app.dispatch._handler_lanes.lanes) == app.dispatch.DEFAULT_SYNC_CONSUMER_THREADS
+    assert len(app.lanes._handler_lanes.lanes) == app.lanes.DEFAULT_SYNC_CONSUMER_THREADS
 
 
 async def test_a_consumer_that_did_not_opt_in_ignores_trace_parameters(monkeypatch):

@@ -246,7 +246,7 @@ class CountingAsync(Counting, LeanAsyncConsumer):
 
 
 class CountingAsyncWithLayer(CountingAsync):
-    """Client events come through the two-source reader (app/dispatch.py ``_two_sources``)."""
+    """Client events come through the two-source reader (app/sources.py ``two_sources``)."""
 
     channel_layer_alias = "default"
 
@@ -275,7 +275,7 @@ async def test_the_next_receive_is_issued_before_a_message_is_handled_and_droppe
 @pytest.mark.parametrize("consumer", [CountingSync, CountingAsync, CountingAsyncWithLayer])
 async def test_with_many_connections_the_next_receive_waits_for_the_handler(consumer, monkeypatch):
     """Past READ_AHEAD_CONNECTIONS reading ahead costs granian more than it saves."""
-    monkeypatch.setattr("app.dispatch.READ_AHEAD_CONNECTIONS", 0)  # this connection is one too many
+    monkeypatch.setattr("app.sources.READ_AHEAD_CONNECTIONS", 0)  # this connection is one too many
     consumer.server, consumer.seen = EagerReceive(*SCRIPT), []
     await asyncio.wait_for(consumer.as_asgi()({"type": "websocket"}, consumer.server, None), 5)
     assert consumer.seen == [1, 2, 3, 4]  # message k handled before receive() call k + 1
