@@ -28,7 +28,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from asgiref.sync import SyncToAsync
@@ -39,13 +39,13 @@ from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
 from app import metrics, protocol
-from app.client_gone import DISCONNECT_WAIT, SERVER_SEND_GONE, ClientGone, from_server_send
+from app.client_gone import SERVER_SEND_GONE, ClientGone, from_server_send, handle_the_rest
 from app.lanes import FLUSH_AFTER, Outbox, finisher_for, handler_lanes
 from app.layer_news import LayerNews, wants_news
 from app.layers import error_text
 from app.protocol import CloseCode, Message, Receive, Scope, Send, ServerFeatures
 from app.session import ConnectionLog
-from app.sources import discard, live, read_ahead, two_sources
+from app.sources import discard, live, read_ahead, two_sources, unspent
 from app.tracing import Tracer, asks_for_trace
 
 logger = logging.getLogger("app.dispatch")
@@ -126,15 +126,26 @@ class _DispatchLoop:
                             del message  # not held while idle: it can be 1 MiB
                             if pending is None:
                                 pending = receive()
+                    except ClientGone as gone:
+                        gone.leftovers, pending = [pending] if unspent(pending) else [], None
+                        raise
                     finally:
                         discard(pending)
                 else:
                     await self._two_sources(receive)
-            except ClientGone:
+            except ClientGone as gone:
                 # A send after the client left, or after the server closed the connection for
-                # something the client did: the disconnect is the news, not an error.
+                # something the client did: the disconnect is the news, not an error. What the
+                # server read from the client before it is still handled (a room member's last
+                # messages still reach the room).
                 self.connection_log().info("client gone before a send could reach it")
-                await self._take_disconnect(receive)
+                self._sends_go_nowhere()
+                await handle_the_rest(
+                    self.dispatch,
+                    receive,
+                    gone.leftovers,
+                    disconnect_handled=self._metrics.disconnect_handled,
+                )
             finally:
                 if self._sync:
                     handler_lanes().release(self._lane)
@@ -149,25 +160,6 @@ class _DispatchLoop:
         finally:
             live.closed()
             self._metrics.ended()
-
-    async def _take_disconnect(self, receive: Receive) -> None:
-        """After a send found the client gone: the server's ``websocket.disconnect``, handled as
-        any other, so that the consumer's clean-up runs (a room member leaves its group, which
-        would otherwise keep a dead channel until the layer expires it: a day on Redis).
-        Messages before it are dropped, since nobody can answer them; a server that sends none
-        within ``DISCONNECT_WAIT`` seconds is taken to have lost the connection (1006). A
-        disconnect handled already (its handler sent, and found the client gone) is not
-        handled twice."""
-        if self._metrics.disconnect_handled:
-            return
-        try:
-            async with asyncio.timeout(DISCONNECT_WAIT):
-                while (message := await receive())["type"] != "websocket.disconnect":
-                    pass
-        except TimeoutError:
-            message = {"type": "websocket.disconnect", "code": CloseCode.ABNORMAL_CLOSURE}
-        with contextlib.suppress(StopConsumer, ClientGone):
-            await self.dispatch(message)
 
     def _take_lane(self, send: Send) -> Callable[[Message], None]:
         """A sync consumer's lane and context for its handlers; returns its handlers' ``send``."""
@@ -220,7 +212,16 @@ class _DispatchLoop:
             layer_receive = news.receive
         if self.tracer:
             layer_receive = self.tracer.source(layer_receive)
-        await two_sources(receive, layer_receive, self.dispatch)
+        leftovers: list[Message | Awaitable[Message]] = []
+        try:
+            await two_sources(receive, layer_receive, self.dispatch, leftovers=leftovers)
+        except ClientGone as gone:
+            gone.leftovers = leftovers  # handle_the_rest's
+            raise
+        except BaseException:
+            for item in leftovers:
+                discard(item)
+            raise
 
     def handler_for(self, message: Message) -> Callable:
         """The method named after the message type: ``websocket.receive`` -> ``websocket_receive``."""
@@ -261,6 +262,14 @@ class LeanAsyncConsumer(_DispatchLoop, AsyncConsumer):
         except SERVER_SEND_GONE as error:
             raise from_server_send(error)  # noqa: B904 - it names its cause
 
+    def _sends_go_nowhere(self) -> None:
+        """Once the client is gone: the handlers' sends are dropped, not raised."""
+
+        async def nowhere(message: Message) -> None:
+            pass
+
+        self.send = nowhere
+
 
 class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
     """``SyncConsumer`` whose handlers run on the connection's own lane, one thread hop each way
@@ -292,6 +301,11 @@ class LeanSyncConsumer(_DispatchLoop, SyncConsumer):
                 with contextlib.suppress(Exception):
                     await self._outbox.drain()
         await self._outbox.drain()  # written before the connection's next message
+
+    def _sends_go_nowhere(self) -> None:
+        """Once the client is gone: the handlers' sends are dropped, not raised."""
+        self.send = lambda message: None
+        self._outbox.error = None  # the error that said so; its queue was dropped with it
 
     def _handle(self, message: Message) -> None:
         """One handler call, in the lane's thread and the connection's context."""

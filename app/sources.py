@@ -38,12 +38,12 @@ def read_ahead(receive: Receive) -> Awaitable[Message] | None:
     return receive() if live.count <= READ_AHEAD_CONNECTIONS else None
 
 
-def discard(awaitable: Awaitable[object] | None) -> None:
+def discard(awaitable: Awaitable[object] | Message | None) -> None:
     """Drop a ``receive()`` that was issued ahead and will not be awaited.
 
     Most servers' ``receive`` is a coroutine function: closed unstarted, it did nothing (and
     warns of nothing). granian's returns a future whose read has already begun: cancelled, it
-    stops reading and lets go of the connection.
+    stops reading and lets go of the connection. A message already read needs nothing.
     """
     if inspect.iscoroutine(awaitable):
         awaitable.close()
@@ -51,13 +51,16 @@ def discard(awaitable: Awaitable[object] | None) -> None:
         cancel()
 
 
-class UnroutableMessage(ValueError):
-    """A message no handler can take: a malformed type, or no method for its type.
-
-    Raised where Channels raises its ``ValueError`` (this is one), and, as with Channels, it
-    is the first thing the caller sees: nothing is sent to the client before it leaves the
-    consumer (Channels' ``test_block_underscored_type_function_call`` requires exactly that).
-    """
+def unspent(awaitable: Awaitable[object] | None) -> bool:
+    """Whether a ``receive()`` may still be awaited for its message: a coroutine not yet
+    started, or a read begun ahead (granian's future) that was not cancelled. A reader cancelled
+    while it awaited one has spent it (the servers' receive loses nothing when cancelled)."""
+    if awaitable is None:
+        return False
+    if inspect.iscoroutine(awaitable):
+        return inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED
+    cancelled = getattr(awaitable, "cancelled", None)
+    return cancelled is None or not cancelled()
 
 
 class LiveConsumers:
@@ -78,7 +81,11 @@ live = LiveConsumers()
 
 
 async def two_sources(
-    receive: Receive, layer_receive: Receive, dispatch: Callable[[Message], Awaitable[None]]
+    receive: Receive,
+    layer_receive: Receive,
+    dispatch: Callable[[Message], Awaitable[None]],
+    *,
+    leftovers: list[Message | Awaitable[Message]],
 ) -> None:
     """Client events and channel-layer events, in arrival order, one dispatch at a time.
 
@@ -89,20 +96,31 @@ async def two_sources(
     readers run in one context copied from this call's, so handlers share their
     ``contextvars`` as they do when dispatched from here. A reader holds at most one
     message while it waits for its turn.
+
+    When the readers stop, what the client's reader had read and not dispatched, and a read it
+    had begun, go into ``leftovers``, in order, for the caller to handle or ``discard``: a send
+    that finds the client gone must not lose what the client sent before it left.
     """
     turn = asyncio.Lock()
     ended = False
 
-    async def read(source: Receive, *, then_yield: bool) -> None:
+    async def read(source: Receive, *, then_yield: bool, kept: list | None = None) -> None:
         nonlocal ended
         pending = source()
         try:
             while True:
                 message = await pending
                 pending = read_ahead(source)  # as in the consumer's one-source loop
-                await turn.acquire()  # no suspension unless the other reader has it
+                try:
+                    await turn.acquire()  # no suspension unless the other reader has it
+                except asyncio.CancelledError:
+                    if kept is not None:
+                        kept.append(message)
+                    raise
                 try:
                     if ended:  # the other reader's handler ended the consumer
+                        if kept is not None:
+                            kept.append(message)
                         return
                     try:
                         await dispatch(message)
@@ -117,7 +135,10 @@ async def two_sources(
                 if then_yield:
                     await asyncio.sleep(0)
         finally:
-            discard(pending)
+            if kept is not None and unspent(pending):
+                kept.append(pending)
+            else:
+                discard(pending)
 
     context = contextvars.copy_context()
     # What a client sends is read one message per turn of the loop; a room's messages are
@@ -125,7 +146,7 @@ async def two_sources(
     # with three members publishing, each member delivered one message for three published,
     # and every queue overflowed at once: tests/test_limits.py.)
     readers = [
-        asyncio.create_task(read(receive, then_yield=True), context=context),
+        asyncio.create_task(read(receive, then_yield=True, kept=leftovers), context=context),
         asyncio.create_task(read(layer_receive, then_yield=False), context=context),
     ]
     try:

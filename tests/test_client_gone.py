@@ -231,10 +231,10 @@ async def test_a_closed_connection_with_no_disconnect_from_the_server_still_ends
 ):
     """A server that never sends ``websocket.disconnect``: the consumer handles a 1006 of its
     own after ``DISCONNECT_WAIT`` and ends."""
-    from app import dispatch
+    from app import client_gone
     from project.asgi import application
 
-    monkeypatch.setattr(dispatch, "DISCONNECT_WAIT", 0.2)
+    monkeypatch.setattr(client_gone, "DISCONNECT_WAIT", 0.2)
     group = f"room.gone-{uuid.uuid4().hex[:8]}"
     app, raised = gone_after_accept(application, SERVER_ERRORS["uvicorn"])
     communicator = make_communicator(f"/ws/broadcast/async/{group[5:]}/", app=app)
