@@ -104,6 +104,17 @@ class TokenBucket:
         self.tokens -= 1
         return True
 
+    def spend(self, amount: float) -> bool:
+        """Spend ``amount`` tokens at once (bytes, say) if there are that many; False means
+        over the limit. Refilled on every call: for events rarer than a message."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
 
 @dataclass(slots=True)
 class Session:

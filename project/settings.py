@@ -48,6 +48,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number") from None
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a number") from None
+
+
 # DJANGO_ENV=production turns the development defaults into errors and the security settings on.
 DJANGO_ENV = os.environ.get("DJANGO_ENV", "development").strip().lower()
 if DJANGO_ENV not in {"development", "production"}:
@@ -72,6 +82,10 @@ else:
     SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-set-DJANGO_SECRET_KEY")
     DEBUG = env_bool("DJANGO_DEBUG", True)
     ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+#: Origins besides the site's own that may POST (Django's CSRF check) and open WebSockets
+#: (app/handshake.py ``OriginPolicy``): ``https://echo.example.com:8443``, ``https://*.example.com``.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "daphne",  # first, so that `manage.py runserver` serves ASGI through daphne
@@ -207,6 +221,10 @@ else:
         f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r}: expected core or pubsub"
     )
 
+#: Senders a room member remembers the last number of (app/rooms.py ``Gaps``), the least
+#: recently heard forgotten first: about 160 bytes each, for the member's life.
+ROOM_GAP_SENDERS = env_int("ROOM_GAP_SENDERS", 128)
+
 # The echo service.
 ECHO_SUBPROTOCOLS = env_list("ECHO_SUBPROTOCOLS", "echo.v1")
 ECHO_MAX_MESSAGE_BYTES = env_int("ECHO_MAX_MESSAGE_BYTES", 256 * 1024)
@@ -220,6 +238,9 @@ WEBSOCKET_RATE_BURST = env_int("WEBSOCKET_RATE_BURST", 5_000)
 TRACE_TOKEN_TTL = env_int("TRACE_TOKEN_TTL", 600)
 #: Live trace tokens one session keeps; issuing another drops the oldest.
 TRACE_TOKENS_PER_SESSION = env_int("TRACE_TOKENS_PER_SESSION", 8)
+#: Trace sockets (/ws/trace/<token>/) one token may have open in one process: a page and its
+#: reconnect. Each traced event is sent to every one of them; the rest are refused with 429.
+TRACE_LISTENERS_PER_TOKEN = env_int("TRACE_LISTENERS_PER_TOKEN", 2)
 #: Sessions live in a signed cookie, not in the database: a client that asks for trace tokens
 #: without end (each anonymous request would make a new session) costs no storage. They hold
 #: only trace tokens; the secret key signs them, and no user logs in.
@@ -228,6 +249,12 @@ SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 8)
 #: While every lane is running a handler, a new connection opens a new lane, up to this many.
 SYNC_CONSUMER_MAX_THREADS = env_int("SYNC_CONSUMER_MAX_THREADS", 256)
+
+#: /healthz and /handshake-check ask Redis at most once per this many seconds per process
+#: (one PING at a time, on one kept connection, within HEALTH_CHECK_TIMEOUT seconds); the
+#: answer in between is the last one (app/layers.py ``RedisHealth``).
+HEALTH_CHECK_INTERVAL = env_float("HEALTH_CHECK_INTERVAL", 1.0)
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 1.0)
 
 #: Who may read /metrics: "loopback" (clients on this host; behind a proxy, the forwarded
 #: address counts), "token" (an ``Authorization: Bearer $METRICS_TOKEN`` header) or "off" (404).
@@ -309,6 +336,14 @@ WEBSOCKET_DEFLATE_MIN_BYTES = env_int("WEBSOCKET_DEFLATE_MIN_BYTES", 256)
 WEBSOCKET_DEFLATE_WINDOW_BITS = env_int("WEBSOCKET_DEFLATE_WINDOW_BITS", 12)
 WEBSOCKET_DEFLATE_LEVEL = env_int("WEBSOCKET_DEFLATE_LEVEL", 1)
 WEBSOCKET_DEFLATE_MEM_LEVEL = env_int("WEBSOCKET_DEFLATE_MEM_LEVEL", 5)
+#: Bytes a second one connection may have inflated (compressed messages, after inflating), and
+#: the burst above it: past it, close 1008 "compression rate limit"; 0 turns it off. A message
+#: of 271 bytes inflates to 256 KiB (deflate's ratio reaches 1,032:1), and inflating is the
+#: cost: 0.8 ms for 256 KiB at deflate's densest (docs/deflate.md). The rate is above what the
+#: project's fastest compressed echo takes in (4 KiB JSON, 30,317 msg/s: 118 MiB/s); the burst
+#: holds 16 messages at the server's limit.
+WEBSOCKET_INFLATE_RATE = env_int("WEBSOCKET_INFLATE_RATE", 128 * 1024 * 1024)
+WEBSOCKET_INFLATE_BURST = env_int("WEBSOCKET_INFLATE_BURST", 16 * SERVER_MAX_MESSAGE_BYTES)
 #: Bytes waiting to be written to one client before reading from it pauses.
 WEBSOCKET_WRITE_BUFFER_BYTES = env_int("WEBSOCKET_WRITE_BUFFER_BYTES", 256 * 1024)
 #: Seconds between the server's pings on an idle WebSocket (uvicorn's default): below a proxy's

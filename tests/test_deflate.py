@@ -8,6 +8,7 @@ tests/test_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -230,3 +231,111 @@ def test_context_takeover_by_its_setting_keeps_one_stream_each_way(server_env):
                 _, rsv1, payload = read_frame(sock)
                 assert rsv1
                 assert decoder.decompress(payload + b"\x00\x00\xff\xff") == message
+
+
+# --- what one connection may have inflated (WEBSOCKET_INFLATE_RATE) -------------------------
+
+#: 271 bytes on the wire, 256 KiB of zeros inflated: deflate at its densest (issue 32, item 1).
+DENSE = frame(BINARY, Deflate.compress(bytes(256 * 1024), wbits=9, level=9), rsv1=True)
+
+
+def flood(port: int, frames: int = 6000) -> tuple[int | None, float]:
+    """Send ``frames`` dense frames as fast as the socket takes them, then read until the server
+    closes: (the close code, seconds from the first frame to the close)."""
+    sock, _ = open_with_offer(port, CHROMIUM)
+    with sock:
+        started = time.monotonic()
+        try:
+            for _ in range(frames):
+                sock.sendall(DENSE)
+        except OSError:  # closed while sending: what it sent is read below
+            pass
+        code = close_code(read_until_closed(sock))
+        return code, time.monotonic() - started
+
+
+def test_a_compressing_flood_is_closed_1008_at_once_and_the_process_stays_responsive(server):
+    """Frames of 271 bytes that inflate to 256 KiB each, 6,000 a connection, one connection after
+    another for 1.5 s: each is closed 1008 "compression rate limit" within 1 s (it crosses the
+    bound within its first ~70 frames, 16 MiB), with one WARNING line, and /healthz and fresh
+    echoes answer within 500 ms throughout. (Before the bound: 4.6 s of CPU for one such
+    connection, /healthz held 4.3 s.)"""
+    assert len(DENSE) < 300
+    server.mark()
+    with Prober(server.port) as prober:
+        outcomes = sustained(lambda: flood(server.port))
+    assert {code for code, _ in outcomes} == {1008}, outcomes
+    assert max(seconds for _, seconds in outcomes) < 1.0, outcomes
+    prober.assert_responsive()
+    server.wait_for_log(
+        r"WARNING app\.server\[\d+\] closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ "
+        r"/ws/echo/async/: compression rate limit"
+    )
+
+
+@pytest.mark.asyncio
+async def test_an_honest_compressed_stream_at_full_speed_stays_under_the_bound(server):
+    """A client sending 4 KiB JSON messages compressed, as fast as the server echoes them
+    (100 in flight), for 20,000 messages: every echo comes back, and nothing is closed. The
+    default bound (128 MiB/s) is above the process's fastest 4 KiB compressed echo."""
+    from websockets.asyncio.client import connect
+
+    message = json_payload(4096).decode()  # text, as a browser sends JSON
+    count, window = 20_000, 100
+    async with connect(
+        f"{server.ws_url}/ws/echo/async/", compression="deflate", max_queue=None
+    ) as ws:
+        assert ws.protocol.extensions, "deflate was not negotiated"
+        in_flight = asyncio.Semaphore(window)
+
+        async def send_all() -> None:
+            for _ in range(count):
+                await in_flight.acquire()
+                await ws.send(message)
+
+        sender = asyncio.create_task(send_all())
+        started = time.monotonic()
+        for _ in range(count):
+            assert await asyncio.wait_for(ws.recv(), 10) == message
+            in_flight.release()
+        elapsed = time.monotonic() - started
+        await sender
+    inflated_per_s = count * len(message.encode()) / elapsed
+    assert inflated_per_s < 128 * 1024 * 1024, inflated_per_s
+
+
+def test_the_inflate_bound_turned_off_by_its_setting(server_env):
+    """``WEBSOCKET_INFLATE_RATE=0``: 200 dense frames (50 MiB inflated, three times the burst)
+    are all echoed."""
+    with LiveServer("uvicorn", env={**server_env, "WEBSOCKET_INFLATE_RATE": "0"}) as live:
+        sock, _ = open_with_offer(live.port, CHROMIUM)
+        with sock:
+            for _ in range(200):
+                sock.sendall(DENSE)
+                opcode, _, payload = read_frame(sock)
+                assert opcode == BINARY
+                assert Deflate.inflate(payload, wbits=12) == bytes(256 * 1024)
+
+
+def test_websockets_fails_a_parser_protocol_error_with_1002_so_the_override_is_needed():
+    """websockets closes with 1002 for any ``ProtocolError`` its parser meets, an extension's
+    included; ``frames.ServerProtocol.fail`` closes with the 1008 ``InflateRateExceeded`` names.
+    When the first assertion fails, websockets has changed how it fails the parser: check
+    ``fail`` still gets the code through."""
+    import websockets.server
+    from websockets.protocol import State
+
+    from app.server.deflate import Deflate as ServerDeflate
+    from app.server.frames import ServerProtocol
+    from app.session import TokenBucket
+
+    def close_sent_for(protocol_class) -> int:
+        conn = protocol_class(state=State.OPEN, max_size=2**20)
+        extension = ServerDeflate(False, True, 12, 12)
+        extension.inflate_budget = TokenBucket(1, 1024)  # less than one dense frame inflates
+        conn.extensions = [extension]
+        conn.receive_data(DENSE)
+        return conn.close_sent.code
+
+    assert close_sent_for(websockets.server.ServerProtocol) == 1002
+    assert close_sent_for(ServerProtocol) == 1008

@@ -27,7 +27,12 @@ ones included (0.78x the echo rate). Here, by default:
   (websockets' negotiation); the server's window is at most ``WEBSOCKET_DEFLATE_WINDOW_BITS``.
 
 A compressed message is inflated only up to the server's message limit (websockets'
-``max_size``): a compression bomb is closed with 1009 at the limit, never inflated whole.
+``max_size``): a compression bomb is closed with 1009 at the limit, never inflated whole. And
+what one connection may have inflated is bounded in bytes a second
+(``WEBSOCKET_INFLATE_RATE``): 271 bytes inflate to 256 KiB, so 6,000 such frames (1.6 MiB on the
+wire) cost a process 4.6 s of CPU and held ``/healthz`` for 4.3 s. Past the bound the
+connection is closed with 1008, "compression rate limit", and the rest of what was read is not
+inflated.
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ import zlib
 from typing import Any
 
 from django.conf import settings
-from websockets.exceptions import PayloadTooBig
+from websockets.exceptions import PayloadTooBig, ProtocolError
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
 from websockets.frames import CTRL_OPCODES, Frame, Opcode
+
+from app.protocol import CloseCode
+from app.session import TokenBucket
 
 #: Deflate's largest ratio of inflated to compressed bytes (258 bytes from 2 bits).
 MAX_RATIO = 1032
@@ -70,12 +78,25 @@ def stored_blocks(data: bytes) -> bytes:
     return b"".join(parts)
 
 
+class InflateRateExceeded(ProtocolError):
+    """A connection had more inflated than ``WEBSOCKET_INFLATE_RATE`` allows. Raised in
+    websockets' frame parser, which stops there; ``frames.ServerProtocol.fail`` closes with
+    ``close_code`` instead of the 1002 websockets gives any ``ProtocolError``."""
+
+    close_code = CloseCode.POLICY_VIOLATION
+
+    def __init__(self) -> None:
+        super().__init__("compression rate limit")
+
+
 class Deflate(PerMessageDeflate):
-    """websockets' extension, with small messages kept out of zlib's streams both ways, and
-    what does not shrink sent stored."""
+    """websockets' extension, with small messages kept out of zlib's streams both ways, what
+    does not shrink sent stored, and what a connection inflates bounded in bytes a second."""
 
     min_bytes = 0
     framing: tuple | None = None
+    #: Bytes this connection may still inflate (``WEBSOCKET_INFLATE_RATE``); None: no bound.
+    inflate_budget: TokenBucket | None = None
     #: Messages still to send stored since one did not shrink (see ``encode``).
     stored_streak = 0
 
@@ -116,6 +137,8 @@ class Deflate(PerMessageDeflate):
         return super().encode(frame)
 
     def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
+        """Inflate a compressed frame (one ``zlib.decompress`` call when that is safe), and
+        charge what it inflated to the connection's budget."""
         if (
             frame.rsv1
             and frame.fin
@@ -133,21 +156,35 @@ class Deflate(PerMessageDeflate):
                     raise PayloadTooBig(len(data), max_size)
                 frame.data = data
                 frame.rsv1 = False
+                self._charge(len(data))
                 return frame
-        return super().decode(frame, max_size=max_size)
+        compressed = frame.rsv1 or (frame.opcode is Opcode.CONT and self.decode_cont_data)
+        frame = super().decode(frame, max_size=max_size)
+        if compressed:
+            self._charge(len(frame.data))
+        return frame
+
+    def _charge(self, inflated: int) -> None:
+        if self.inflate_budget is not None and not self.inflate_budget.spend(inflated):
+            raise InflateRateExceeded()
 
 
 class DeflateFactory(ServerPerMessageDeflateFactory):
     """websockets' negotiation, building ``Deflate``."""
 
-    def __init__(self, *, min_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, min_bytes: int, inflate_rate: int = 0, inflate_burst: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.min_bytes = min_bytes
+        self.inflate_rate, self.inflate_burst = inflate_rate, inflate_burst
 
     def process_request_params(self, params: Any, accepted_extensions: Any) -> tuple[list, Any]:
         response, extension = super().process_request_params(params, accepted_extensions)
         extension.__class__ = Deflate  # two methods more, and two attributes
         extension.min_bytes = self.min_bytes
+        if self.inflate_rate > 0:
+            extension.inflate_budget = TokenBucket(self.inflate_rate, self.inflate_burst)
         # What its frames' bytes depend on, beyond their payloads (outgoing.data_frame shares a
         # frame between connections that agree on it); None: its frames depend on the last.
         zlib_settings = self.compress_settings or {}
@@ -179,5 +216,7 @@ def deflate_extensions() -> list[ServerExtensionFactory]:
                 "memLevel": settings.WEBSOCKET_DEFLATE_MEM_LEVEL,
             },
             min_bytes=min(settings.WEBSOCKET_DEFLATE_MIN_BYTES, 0xFFFF),
+            inflate_rate=settings.WEBSOCKET_INFLATE_RATE,
+            inflate_burst=max(settings.WEBSOCKET_INFLATE_BURST, settings.SERVER_MAX_MESSAGE_BYTES),
         )
     ]

@@ -12,6 +12,7 @@ ones meets the rate. Invalid UTF-8 in a text message is closed with 1007 and one
 from __future__ import annotations
 
 import codecs
+import sys
 from typing import Any
 
 import websockets.server
@@ -19,6 +20,7 @@ from websockets.frames import Frame, Opcode
 from websockets.utils import apply_mask
 
 from app.protocol import CloseCode
+from app.server.deflate import InflateRateExceeded
 
 UTF8Decoder = codecs.getincrementaldecoder("utf-8")
 #: The code of websockets' frame parser, to find it among the parser's generators.
@@ -39,6 +41,16 @@ class ServerProtocol(websockets.server.ServerProtocol):
         if frame.opcode is Opcode.CLOSE and self.current_size is not None:
             self.current_size = None  # the unfinished message goes with the connection
         super().recv_frame(frame)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """websockets' ``fail``, with the close code a parser error names for itself.
+
+        websockets' parser fails the connection with 1002 for any ``ProtocolError``, calling
+        this from its ``except`` clause; a bound of the server's that stops the parser
+        (``deflate.InflateRateExceeded``, 1008) says which code it closes with.
+        """
+        error = sys.exc_info()[1]
+        super().fail(error.close_code if isinstance(error, InflateRateExceeded) else code, reason)
 
 
 class FramePolicy:
