@@ -10,12 +10,12 @@ classes with the per-message overhead taken out; the handlers are exactly as Cha
 from __future__ import annotations
 
 import contextlib
-import json
 from http import HTTPStatus
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
+from django.conf import settings
 
 from app import metrics, protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
@@ -24,7 +24,7 @@ from app.layers import LAYER_ERRORS
 from app.protocol import ConnectionState, Message, Scope
 from app.rooms import Gaps, InvalidRoom, Publisher, Room, forward
 from app.session import Session
-from app.tracing import token_valid, trace_group
+from app.tracing import listeners, token_valid, trace_group
 
 
 class EchoSyncConsumer(LeanSyncConsumer):
@@ -190,18 +190,34 @@ class TraceConsumer(LeanAsyncConsumer):
             for message in denial(self.scope, HTTPStatus.FORBIDDEN, why, reason="trace_token"):
                 await self.send(message)
             raise StopConsumer()
-        self.group = trace_group(token)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        group = trace_group(token)
+        if not listeners.join(group):  # TRACE_LISTENERS_PER_TOKEN, in this process
+            why = (
+                f"trace token has {settings.TRACE_LISTENERS_PER_TOKEN} trace socket(s) open"
+                " already (TRACE_LISTENERS_PER_TOKEN)"
+            )
+            for message in denial(
+                self.scope, HTTPStatus.TOO_MANY_REQUESTS, why, reason="trace_listeners"
+            ):
+                await self.send(message)
+            raise StopConsumer()
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except BaseException:
+            listeners.leave(group)
+            raise
+        self.group = group  # counted until websocket_disconnect
         await self.send(protocol.accept())
 
     async def websocket_receive(self, event: Message) -> None:
         pass  # the page only listens on this socket
 
     async def trace_record(self, event: Message) -> None:
-        await self.send(protocol.send_text(json.dumps(event["record"])))
+        await self.send(protocol.send_text(event["text"]))  # serialised once, by the tracer
 
     async def websocket_disconnect(self, event: Message) -> None:
         if hasattr(self, "group"):
+            listeners.leave(self.group)
             with contextlib.suppress(*LAYER_ERRORS):
                 await self.channel_layer.group_discard(self.group, self.channel_name)
         raise StopConsumer()

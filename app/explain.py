@@ -16,7 +16,7 @@ from django.conf import settings
 from app.handshake import allowed_hosts_origin_validator
 from app.rooms import InvalidRoom, Room
 from app.session import choose_subprotocol
-from app.tracing import token_valid
+from app.tracing import listeners, token_valid, trace_group
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Verdict:
 
     ok: bool
     status: int  # the HTTP status of the refusal (101 when accepted)
-    rule: str  # route, origin, room, subprotocol, trace_token, layer, or "" when accepted
+    rule: str  # route, origin, room, subprotocol, trace_token, trace_listeners, layer, or ""
     reason: str
 
     def as_dict(self) -> dict:
@@ -43,20 +43,23 @@ def explain(
     subprotocols: list[str],
     session,
     layer_reachable,
+    host: str | None = None,
+    secure: bool = False,
 ) -> Verdict:
     """The verdict on a handshake to ``path``, checked in the order the stack checks it:
     Origin (project/asgi.py's validator), route (app/routing.py), room name, channel layer,
-    a trace socket's token, then the subprotocol the consumer would pick."""
+    a trace socket's token and its listeners, then the subprotocol the consumer would pick.
+
+    ``host`` and ``secure``: the ``Host`` and the scheme the handshake would come with; the page
+    asks from its own origin, so the check's own request has the same."""
     from app.routing import websocket_urlpatterns
 
     validator = allowed_hosts_origin_validator(None)
-    if origin is not None and not validator.allows(origin):
-        hosts = ", ".join(validator.allowed_origins)  # what the handshake's validator allows
+    if origin is not None and not validator.policy.allows(origin, host=host, secure=secure):
         return refused(
             HTTPStatus.FORBIDDEN,
             "origin",
-            f"the Origin {origin!r} is not allowed: the server allows pages from {hosts}"
-            " (DJANGO_ALLOWED_HOSTS)",
+            f"the Origin {origin!r} is not allowed: the server allows {validator.policy.describe()}",
         )
     route = resolve(websocket_urlpatterns, path)
     if route is None:
@@ -85,6 +88,13 @@ def explain(
             "trace_token",
             "the trace token was not issued to this browser session, or has expired:"
             " connect again with Trace ticked for a new one",
+        )
+    if name == "trace" and listeners.full(trace_group(kwargs["token"])):
+        return refused(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            "trace_listeners",
+            f"this trace token already has {settings.TRACE_LISTENERS_PER_TOKEN} trace socket(s)"
+            " open (TRACE_LISTENERS_PER_TOKEN): close one, or connect again for a new token",
         )
     supported = list(settings.ECHO_SUBPROTOCOLS)
     if name != "trace" and subprotocols and choose_subprotocol(subprotocols, supported) is None:

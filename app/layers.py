@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +17,9 @@ import redis.sentinel
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from app import metrics
 from app.logs import Throttled
@@ -41,22 +44,105 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def ping_redis(*, timeout: float, url: str | None = None) -> None:
-    """PING the settings' Redis on a fresh connection: ``url``, or every one of REDIS_URL's
-    shards, or the master REDIS_SENTINELS name; raises RedisError, OSError or ValueError."""
+def redis_clients(timeout: float, *, url: str | None = None, **options) -> list[redis.Redis]:
+    """Clients of the settings' Redis: ``url``, or every one of REDIS_URL's shards, or the
+    master REDIS_SENTINELS name, each waiting at most ``timeout`` to connect and to answer."""
     limits = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     if settings.REDIS_SENTINELS and url is None:
         sentinel = redis.sentinel.Sentinel(settings.REDIS_SENTINELS, sentinel_kwargs=limits)
-        clients = [sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **limits)]
-    else:
-        urls = [url] if url is not None else settings.REDIS_URLS
-        clients = [redis.Redis.from_url(each, **limits) for each in urls]
+        return [sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **limits, **options)]
+    urls = [url] if url is not None else settings.REDIS_URLS
+    return [redis.Redis.from_url(each, **limits, **options) for each in urls]
+
+
+def ping_redis(*, timeout: float, url: str | None = None) -> None:
+    """PING the settings' Redis on a fresh connection (``redis_clients``), once, as ``serve``
+    does at start; raises RedisError, OSError or ValueError."""
+    clients = redis_clients(timeout, url=url)
     try:
         for client in clients:
             client.ping()
     finally:
         for client in clients:
             client.close()
+
+
+class RedisHealth:
+    """Whether the settings' Redis answers, for ``/healthz`` and ``/handshake-check``: both are
+    public, and each used to PING on a new connection, so a client could make a process open a
+    Redis connection per request (200 checks: 201 connections, 300 sockets left in TIME_WAIT)
+    and, with Redis hung, hold a thread and a Redis socket per request for the timeout.
+
+    Here a process keeps one client per Redis (one connection each, ``HEALTH_CHECK_TIMEOUT``
+    to connect and to answer), runs at most one PING at a time, and reuses its answer for
+    ``HEALTH_CHECK_INTERVAL`` seconds. A check that finds a PING under way answers with the last
+    answer at once instead of waiting for it (only the very first waits, at most the timeout):
+    with Redis hung, checks still answer within milliseconds, ``degraded`` from the first
+    timeout on.
+    """
+
+    def __init__(self, *, interval: float, timeout: float) -> None:
+        self.interval, self.timeout = interval, timeout
+        self.lock = threading.Lock()  # held by the one PING under way
+        self.answer: bool | None = None  # None: never asked yet
+        self.fresh_until = 0.0
+        self.clients: list[redis.Redis] | None = None
+
+    def reachable(self) -> bool:
+        """The last answer while it is fresh; else a new PING, unless one is under way."""
+        if time.monotonic() < self.fresh_until and self.answer is not None:
+            return self.answer
+        first = self.answer is None
+        if not (self.lock.acquire(timeout=2 * self.timeout) if first else self.lock.acquire(False)):
+            return bool(self.answer)  # a PING is under way: the last answer, without waiting
+        try:
+            if time.monotonic() < self.fresh_until and self.answer is not None:
+                return self.answer  # another thread asked while this one waited
+            try:
+                for client in self.connect():
+                    client.ping()
+            except (RedisError, OSError, ValueError) as error:
+                if self.answer is not False:
+                    logger.warning("Redis unreachable for /healthz: %s", error_text(error))
+                self.answer = False
+            else:
+                self.answer = True
+            self.fresh_until = time.monotonic() + self.interval
+            return self.answer
+        finally:
+            self.lock.release()
+
+    def connect(self) -> list[redis.Redis]:
+        """The kept clients (made on first use): one pooled connection to each Redis."""
+        if self.clients is None:
+            # No retries: redis-py's default retries three times, 4x the timeout in all.
+            self.clients = redis_clients(
+                self.timeout, max_connections=1, retry=Retry(NoBackoff(), 0)
+            )
+        return self.clients
+
+
+_health: dict[tuple, RedisHealth] = {}
+
+
+def redis_health() -> RedisHealth:
+    """This process's ``RedisHealth`` for the Redis the settings name now (tests change them)."""
+    key = (
+        tuple(settings.REDIS_URLS),
+        tuple(settings.REDIS_SENTINELS),
+        settings.REDIS_SENTINEL_MASTER,
+        settings.HEALTH_CHECK_INTERVAL,
+        settings.HEALTH_CHECK_TIMEOUT,
+    )
+    health = _health.get(key)
+    if health is None:
+        health = _health.setdefault(
+            key,
+            RedisHealth(
+                interval=settings.HEALTH_CHECK_INTERVAL, timeout=settings.HEALTH_CHECK_TIMEOUT
+            ),
+        )
+    return health
 
 
 #: Values a receiver cannot change in place: a message holding only these is copied shallowly.

@@ -5,12 +5,13 @@ is a newline), the Origin, subprotocols, close reasons, room names. Rather than 
 call site, every formatter the project configures (Django's ``LOGGING`` and uvicorn's own
 ``log_config``) escapes control characters in the formatted message: no client text can start a
 log line of its own or carry terminal escapes. Tracebacks are added after the message and keep
-their newlines.
+their newlines. The same formatters redact trace tokens and any ``token=`` query value.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import uvicorn.logging
@@ -27,12 +28,30 @@ def escape_controls(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
+#: Secrets that ride in a URL: a ``trace=`` or any ``...token=`` query value, and the token
+#: in a trace socket's path (``/ws/trace/<token>/``). Whoever reads the log must not be able
+#: to attach to a page's trace with them.
+_SECRETS = re.compile(
+    r"(?P<name>(?<![A-Za-z0-9])(?:trace|[A-Za-z0-9_.-]*token)=)[^&\s\"'#]+"
+    r"|(?P<path>(?:/|%2F)ws(?:/|%2F)trace(?:/|%2F))[^/?%&\s\"']+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values ``_SECRETS`` names written ``(redacted)``."""
+    if "=" not in text and "trace" not in text:
+        return text  # nearly every line: no regex
+    return _SECRETS.sub(lambda m: (m["name"] or m["path"]) + "(redacted)", text)
+
+
 class EscapingFormatterMixin:
-    """Escapes control characters in the message part of each line (not in the traceback)."""
+    """Escapes control characters in the message part of each line (not in the traceback), and
+    redacts tokens (``redact``) from the whole line, uvicorn's access line included."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
-        return super().formatMessage(record)  # type: ignore[misc]
+        return redact(super().formatMessage(record))  # type: ignore[misc]
 
 
 class EscapingFormatter(EscapingFormatterMixin, logging.Formatter):
@@ -96,10 +115,12 @@ class ClientFault(logging.Filter):
     Django reports a ``Host`` header outside ``ALLOWED_HOSTS`` on
     ``django.security.DisallowedHost`` at ERROR, with the 400 it answers: the client's doing,
     which the project logs at INFO or WARNING, keeping ERROR for its own faults (README,
-    Logging).
+    Logging). Django adds the exception's traceback, 20 lines about our own code for what is
+    one line about the client's request: dropped, the message says it all.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
         return True

@@ -12,15 +12,21 @@ connections get the session and the user in their scope as before, and keep the 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 
 from channels.auth import AuthMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper, SessionMiddleware
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import SuspiciousFileOperation
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.request import split_domain_port
 
 from app.protocol import ASGIApp, Receive, Scope, Send
 from app.tracing import asks_for_trace
+
+logger = logging.getLogger("app.static")
 
 
 class WebSocketSessionMiddleware(SessionMiddleware):
@@ -81,22 +87,45 @@ LOCAL_PROBES = frozenset({"/healthz", "/metrics"})
 
 
 class LocalProbesMiddleware:
-    """Answers this host's own probes of ``LOCAL_PROBES`` whatever ``Host`` they name.
+    """Answers this host's own probes of ``LOCAL_PROBES`` when they name the host by address.
 
     Prometheus scrapes ``127.0.0.1:8000/metrics`` with ``Host: 127.0.0.1:8000``; with the
     production recipe's ``DJANGO_ALLOWED_HOSTS=echo.example.com`` Django answered it, and a local
     ``/healthz`` check, with 400 (and an ERROR line). Adding 127.0.0.1 to ``ALLOWED_HOSTS``
     instead would also let pages served from 127.0.0.1 open WebSockets (the Origin check reads
     it). Only a loopback client counts: behind nginx a request's address is the forwarded one.
+
+    And only a ``Host`` that is an IP literal or ``localhost`` (``probe_host``), which is what
+    Prometheus and a load balancer's check send: a browser on this host is a loopback client
+    too, and a page at ``http://rebind.attacker.example:8000/`` whose name resolves to
+    127.0.0.1 (DNS rebinding) would otherwise read ``/metrics`` from its own origin. Any other
+    name goes through Django's Host check like every request (400, ``DisallowedHost``).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path in LOCAL_PROBES and is_loopback(request.META.get("REMOTE_ADDR", "")):
+        if (
+            request.path in LOCAL_PROBES
+            and is_loopback(request.META.get("REMOTE_ADDR", ""))
+            and probe_host(request._get_raw_host())
+        ):
             request.get_host = request._get_raw_host  # the Host check, skipped for this request
         return self.get_response(request)
+
+
+def probe_host(host: str) -> bool:
+    """Whether ``host`` (a ``Host`` header, port and all) names no domain: an IP literal
+    (``127.0.0.1:8000``, ``[::1]``) or ``localhost``, which no DNS answer can point elsewhere."""
+    domain, _port = split_domain_port(host)
+    if domain == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(domain.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(address: str) -> bool:
@@ -104,3 +133,25 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+class StaticFiles(ASGIStaticFilesHandler):
+    """Django's ``ASGIStaticFilesHandler``, answering a path that leaves the static folders 404.
+
+    uvicorn hands the path on as the client sent it (``/static/../project/settings.py``, or
+    ``..%2f`` through nginx), and ``safe_join`` refuses it with ``SuspiciousFileOperation``. The
+    handler catches only ``Http404``, so that was a 500, ``ERROR: Exception in ASGI
+    application`` and a 60-line traceback: nothing disclosed, but any client could page the
+    operator. Here it is what any missing file is, a 404, with one WARNING line.
+    """
+
+    def serve(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return super().serve(request)
+        except SuspiciousFileOperation:
+            logger.warning(
+                "refused static path %r from %s: outside the static folders",
+                request.path,
+                request.META.get("REMOTE_ADDR"),
+            )
+            raise Http404("no such static file") from None

@@ -19,6 +19,8 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from app import protocol
 from app.protocol import Message, Scope
 
@@ -73,14 +75,19 @@ class Gaps:
     Redis failover, a message the old master handed out may still be queued on the new one.
 
     Counting starts at the first message from each sender after joining. At most
-    ``MAX_SENDERS`` senders are remembered, the least recently heard forgotten first.
+    ``ROOM_GAP_SENDERS`` senders (128) are remembered, the least recently heard forgotten
+    first: each costs a member about 160 bytes for as long as it lives (2,000 one-message
+    senders held 270 KiB per member under the old bound of 4,096; 19 KiB now: issue 32). A forgotten sender's next message starts its count again,
+    so a gap or a duplicate just before that message goes unseen. What loses messages (a
+    member's full or expired queue, a failover) loses them from every sender at once, and the
+    senders heard most recently, which such a loss hits, are the ones remembered.
     """
 
-    MAX_SENDERS = 4096
     DUPLICATE = -1
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
+        self.max_senders: int = settings.ROOM_GAP_SENDERS
 
     def lost(self, event: Message) -> int:
         """How many of this sender's messages were lost just before ``event`` (0: none), or
@@ -93,7 +100,7 @@ class Gaps:
             self.last[sender] = previous
             return self.DUPLICATE
         self.last[sender] = seq
-        if len(self.last) > self.MAX_SENDERS:
+        if len(self.last) > self.max_senders:
             del self.last[next(iter(self.last))]
         return seq - previous - 1 if previous is not None and seq > previous + 1 else 0
 

@@ -15,6 +15,7 @@ send are the server's own, with no check per message.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -64,6 +65,40 @@ def token_valid(session, token: str) -> bool:
 def trace_group(token: str) -> str:
     """The group for a token's records; a hash, so the token itself never reaches the layer."""
     return "trace." + hashlib.sha256(token.encode()).hexdigest()[:40]
+
+
+class Listeners:
+    """The trace sockets open for each token's group in this process, at most
+    ``TRACE_LISTENERS_PER_TOKEN`` each: every traced event is sent to each of them, so a token
+    with many would multiply the work of every event it traces.
+
+    Per process, not global: the work bounded is each process's own (its sends to its sockets),
+    and a global count would live in Redis, where a process that dies leaves its counts behind.
+    Under ``--workers N`` a token may so have N times the bound open at most.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def full(self, group: str) -> bool:
+        return self.counts.get(group, 0) >= settings.TRACE_LISTENERS_PER_TOKEN
+
+    def join(self, group: str) -> bool:
+        """Count one more listener of ``group``; False (nothing counted) when it has its bound."""
+        if self.full(group):
+            return False
+        self.counts[group] = self.counts.get(group, 0) + 1
+        return True
+
+    def leave(self, group: str) -> None:
+        remaining = self.counts.get(group, 0) - 1
+        if remaining > 0:
+            self.counts[group] = remaining
+        else:
+            self.counts.pop(group, None)
+
+
+listeners = Listeners()
 
 
 def asks_for_trace(scope: Scope) -> bool:
@@ -161,9 +196,11 @@ class Tracer:
 
     async def emit(self, direction: str, message: Message) -> None:
         try:
-            await self.layer.group_send(
-                self.group, {"type": "trace.record", "record": self.record(direction, message)}
-            )
+            # Serialised here, once, whatever the number of listeners: each trace socket sends
+            # the text as it is (``TraceConsumer.trace_record``), and a layer copies a string
+            # for each member instead of deep-copying a dict.
+            text = json.dumps(self.record(direction, message))
+            await self.layer.group_send(self.group, {"type": "trace.record", "text": text})
         except Exception as error:  # tracing must never break the connection it watches
             logger.warning("trace record lost: %s: %s", type(error).__name__, error)
 

@@ -9,12 +9,11 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST, require_safe
-from redis.exceptions import RedisError
 
 from app import metrics
 from app.dispatch import live
 from app.explain import explain
-from app.layers import ping_redis
+from app.layers import redis_health
 from app.middleware import is_loopback
 from app.tracing import issue_token
 
@@ -54,28 +53,26 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """For load balancers: always 200 while the process serves; ``status`` says how well.
 
     ``degraded`` means the channel layer (Redis) is unreachable: echo still works, rooms do not.
-    ``websocket_connections`` counts this process only.
+    That is all a client elsewhere is told (``/healthz`` is public through nginx): the detail,
+    ``websocket_connections`` (this process only) and the layer's backend, is for loopback
+    clients, as ``/metrics`` is (behind a proxy the forwarded address counts).
     """
     layer = get_channel_layer()
     reachable = channel_layer_reachable(layer)
-    return JsonResponse(
-        {
-            "status": "ok" if reachable else "degraded",
-            "websocket_connections": live.count,
-            "channel_layer": {"backend": type(layer).__name__, "reachable": reachable},
-        }
-    )
+    answer: dict = {"status": "ok" if reachable else "degraded"}
+    if is_loopback(request.META.get("REMOTE_ADDR", "")):
+        answer["websocket_connections"] = live.count
+        answer["channel_layer"] = {"backend": type(layer).__name__, "reachable": reachable}
+    return JsonResponse(answer)
 
 
 def channel_layer_reachable(layer) -> bool:
-    """True for the in-memory layer; for Redis, whether its master answers a PING within 1 s."""
+    """True for the in-memory layer; for Redis, whether it answered a PING within
+    ``HEALTH_CHECK_TIMEOUT`` (1 s) at the last check, at most ``HEALTH_CHECK_INTERVAL`` (1 s)
+    ago: one kept connection and one PING at a time per process (``RedisHealth``)."""
     if layer is None or isinstance(layer, InMemoryChannelLayer):
         return True
-    try:
-        ping_redis(timeout=1)
-    except (RedisError, OSError, ValueError):
-        return False
-    return True
+    return redis_health().reachable()
 
 
 @require_safe
@@ -116,6 +113,9 @@ def handshake_check(request: HttpRequest) -> JsonResponse:
     verdict = explain(
         path=path,
         origin=request.GET.get("origin") or None,
+        # The page asks from its own origin: the handshake comes with this Host and scheme.
+        host=request.META.get("HTTP_HOST"),
+        secure=request.is_secure(),
         subprotocols=[
             p.strip() for p in request.GET.get("subprotocols", "").split(",") if p.strip()
         ],

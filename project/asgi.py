@@ -16,16 +16,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()  # sets Django up before the imports below touch models
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from app.handshake import allowed_hosts_origin_validator  # noqa: E402
-from app.middleware import SessionWhenNeeded  # noqa: E402
+from app.middleware import SessionWhenNeeded, StaticFiles  # noqa: E402
 from app.routing import URLRouter, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # The page's CSS and JS are served by the app itself: no separate static server needed.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # The page's CSS and JS are served by the app itself: no separate static server needed
+        # (a path out of the static folders is a 404 and one WARNING: app/middleware.py).
+        "http": StaticFiles(django_asgi_app),
         "websocket": allowed_hosts_origin_validator(
             SessionWhenNeeded(URLRouter(websocket_urlpatterns))
         ),

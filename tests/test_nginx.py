@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import re
 import secrets
@@ -32,10 +33,13 @@ pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.asyncio]
 READ_TIMEOUT = 2  # nginx's proxy_read_timeout in the test; the server pings every second
 
 
-def site_config(*, http_port: int, https_port: int, upstream: int, cert: Path, key: Path) -> str:
+def site_config(
+    *, http_port: int, https_port: int, upstream: int, cert: Path, key: Path, access_log: Path
+) -> str:
     """deploy/nginx.conf with the test's ports, paths and read timeout."""
     text = (ROOT / "deploy" / "nginx.conf").read_text()
     for old, new in (
+        ("/var/log/nginx/channels-echo.access.log", str(access_log)),
         ("listen 80;", f"listen 127.0.0.1:{http_port};"),
         ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};"),
@@ -54,8 +58,11 @@ ACCEPTED = r"app\.ws\[(\d+)\] \[ws#\d+ \w+ {address}:\d+ \S+\] accepted"
 
 
 class Stack:
-    def __init__(self, server: LiveServer, https_port: int, http_port: int, cert: Path):
+    def __init__(
+        self, server: LiveServer, https_port: int, http_port: int, cert: Path, access_log: Path
+    ):
         self.server, self.https_port, self.http_port = server, https_port, http_port
+        self.access_log = access_log
         self.context = ssl.create_default_context(cafile=str(cert))
         self.origin = f"https://127.0.0.1:{https_port}"
 
@@ -118,21 +125,24 @@ def stack(tmp_path_factory, redis_server, server_env):
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
+    http_port, https_port = free_port(), free_port()
     env = {  # the README's production recipe, for this machine's site (127.0.0.1)
         **server_env,
         "DJANGO_ENV": "production",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        # The site is on a port other than 443: its origin is listed, as Django's CSRF needs.
+        "DJANGO_CSRF_TRUSTED_ORIGINS": f"https://127.0.0.1:{https_port}",
         "REDIS_URL": redis_server.url,
         "BEHIND_PROXY": "1",
         "FORWARDED_ALLOW_IPS": "127.0.0.1",
         "WEBSOCKET_PING_INTERVAL": "1",
     }
     server = LiveServer("uvicorn", env=env, extra=("--workers", "2")).wait_ready()
-    http_port, https_port = free_port(), free_port()
-    site = tmp / "site.conf"
+    site, access_log = tmp / "site.conf", tmp / "access.log"
     site.write_text(site_config(http_port=http_port, https_port=https_port,
-                                upstream=server.port, cert=cert, key=key))  # fmt: skip
+                                upstream=server.port, cert=cert, key=key,
+                                access_log=access_log))  # fmt: skip
     for folder in ("client", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / folder).mkdir()
     (tmp / "nginx.conf").write_text(
@@ -148,7 +158,7 @@ def stack(tmp_path_factory, redis_server, server_env):
     )  # fmt: skip
     try:
         wait_for_port(https_port, nginx, "nginx", timeout=10)
-        yield Stack(server, https_port, http_port, cert)
+        yield Stack(server, https_port, http_port, cert, access_log)
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -330,3 +340,76 @@ async def test_a_rolling_restart_closes_one_workers_clients_with_1012_and_spares
     by_worker = await clients_on_both_workers(stack, "/ws/echo/async/", subnet=51)
     assert victim not in by_worker
     await close_all([ws for group in by_worker.values() for ws in group])
+
+
+def https_get(stack: Stack, path: str, **headers: str) -> tuple[int, bytes]:
+    """``GET path`` through nginx, the path sent as written."""
+    secure = http.client.HTTPSConnection(
+        "127.0.0.1", stack.https_port, timeout=5, context=stack.context
+    )
+    secure.request("GET", path, headers=headers)
+    response = secure.getresponse()
+    return response.status, response.read()
+
+
+async def test_no_trace_token_reaches_nginxs_access_log_or_the_servers(stack):
+    tokens = [secrets.token_urlsafe(24) for _ in range(3)]
+    async with stack.ws(f"/ws/echo/async/?trace={tokens[0]}") as ws:
+        await ws.send("traced?")
+        assert await ws.recv() == "traced?"
+    with pytest.raises(InvalidStatus):
+        async with stack.ws(f"/ws/trace/{tokens[1]}/"):
+            pass
+    assert (await asyncio.to_thread(https_get, stack, f"/healthz?x=1&token={tokens[2]}"))[0] == 200
+    deadline = time.monotonic() + 5  # nginx writes its line when each request ends
+    while (log := stack.access_log.read_text()).count("(redacted)") < 3:
+        assert time.monotonic() < deadline, log
+        await asyncio.sleep(0.05)  # poll interval of the access log
+    assert '"GET /ws/echo/async/?(redacted) HTTP/1.1" 101' in log
+    assert '"GET /ws/trace/(redacted)/ HTTP/1.1" 403' in log
+    assert '"GET /healthz?(redacted) HTTP/1.1" 200' in log
+    assert not [token for token in tokens if token in log or token in stack.server.log()]
+
+
+async def test_a_crafted_static_path_through_nginx_is_404_with_one_warning(stack):
+    status, body = await asyncio.to_thread(https_get, stack, "/static/..%2fproject/settings.py")
+    assert status == 404 and b"SECRET_KEY" not in body
+    stack.server.wait_for_log(r'"GET /static/\.\.%2fproject/settings\.py HTTP/1\.1" 404')
+    log = stack.server.log()[stack.server.since :]
+    assert len(re.findall(r"WARNING app\.static\S* refused static path", log)) == 1, log
+    assert "ERROR" not in log and "Traceback" not in log, log
+
+
+async def test_health_through_nginx_tells_a_client_elsewhere_only_the_status(stack):
+    status, body = await asyncio.to_thread(
+        https_get, stack, "/healthz", **{"X-Forwarded-For": "203.0.113.9"}
+    )  # to the app, the client is 203.0.113.9 (nginx appends this test's own 127.0.0.1)
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    status, body = await asyncio.to_thread(https_get, stack, "/healthz")
+    assert set(json.loads(body)) == {"status", "websocket_connections", "channel_layer"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/metrics", "//metrics", "/./metrics", "/%6Detrics", "/metrics/", "/metrics?x=1",
+     "/healthz/../metrics", "/static/../metrics", "/METRICS", "/metrics%3F"],
+)  # fmt: skip
+@pytest.mark.parametrize("forwarded", [None, "127.0.0.1", "127.0.0.1, 127.0.0.1"])
+async def test_metrics_stay_private_through_nginx_under_path_tricks_and_forged_addresses(
+    stack, path, forwarded
+):
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    status, body = await asyncio.to_thread(https_get, stack, path, **headers)
+    assert status in (400, 404), (status, body[:200])
+    assert b"channels_echo" not in body
+
+
+async def test_the_origin_through_nginx_must_be_the_site_scheme_and_port_as_served(stack):
+    for origin in (f"http://127.0.0.1:{stack.https_port}", f"https://127.0.0.1:{stack.http_port}"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with stack.ws("/ws/echo/async/", origin=origin):
+                pass
+        assert refused.value.response.status_code == 403
+    query = f"/handshake-check?path=/ws/echo/async/&origin={stack.origin}"
+    status, body = await asyncio.to_thread(https_get, stack, query)
+    assert status == 200 and json.loads(body)["ok"] is True  # the page is told the same

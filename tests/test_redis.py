@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -205,3 +209,118 @@ async def test_a_burst_of_300_joins_is_accepted(two_servers):
             assert await asyncio.wait_for(ws.recv(), 10) == "all here"
     finally:
         await asyncio.gather(*(ws.close() for ws in members), return_exceptions=True)
+
+
+# --- /healthz and /handshake-check against Redis (issue 32, item 5) -------------------------
+
+
+def redis_info(url: str, field: str) -> int:
+    """One number of Redis' ``INFO`` (``total_connections_received``, say)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info()[field])
+    finally:
+        client.close()
+
+
+def http_get(server: LiveServer, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_200_health_checks_open_a_handful_of_redis_connections(two_servers, redis_server):
+    """Each /healthz and /handshake-check used to PING on a new connection: 200 checks raised
+    ``total_connections_received`` by 201. Now one kept connection per process."""
+    a, _ = two_servers
+    before = redis_info(redis_server.url, "total_connections_received")
+    for i in range(200):
+        path = "/healthz" if i % 2 else "/handshake-check?path=/ws/broadcast/async/r/"
+        status, body = http_get(a, path)
+        assert status == 200 and (b'"status": "ok"' in body or b'"ok": true' in body), body
+    opened = redis_info(redis_server.url, "total_connections_received") - before - 1  # ours
+    assert opened <= 3, opened
+
+
+def redis_sockets(pid: int, redis_port: int) -> int:
+    """TCP connections process ``pid`` holds to ``redis_port`` on this host."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == redis_port:
+                count += 1
+    return count
+
+
+def test_with_redis_hung_concurrent_health_checks_answer_degraded_at_once(server_env):
+    """Redis stopped with SIGSTOP (it accepts, and never answers): 40 concurrent checks used to
+    hold 40 threads and 40 Redis sockets for the timeout and more. Now one PING is under way at
+    a time, on the one kept connection, and the other checks answer at once."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.attacks import threads
+    from tests.redis_server import RedisServer
+
+    redis_server = RedisServer().start()  # its own: stopping it must not disturb other tests
+    server = LiveServer("uvicorn", env={**server_env, "REDIS_URL": redis_server.url}).wait_ready()
+    pid = server.process.pid
+
+    def timed_health() -> tuple[float, dict]:
+        started = time.monotonic()
+        status, body = http_get(server, "/healthz")
+        assert status == 200, body
+        return time.monotonic() - started, json.loads(body)
+
+    def burst() -> tuple[list[tuple[float, dict]], int, int]:
+        """40 checks at once: their (seconds, answer), and the server's threads and Redis
+        sockets once 39 have answered (or 0.8 s on, within the 1 s a PING may take)."""
+        with ThreadPoolExecutor(40) as pool:
+            futures = [pool.submit(timed_health) for _ in range(40)]
+            deadline = time.monotonic() + 0.8
+            while sum(f.done() for f in futures) < 39 and time.monotonic() < deadline:
+                time.sleep(0.01)  # poll interval while the checks answer
+            held = threads(pid), redis_sockets(pid, redis_server.port)
+            return [f.result() for f in futures], *held
+
+    try:
+        assert timed_health()[1]["status"] == "ok"
+        baseline = threads(pid)
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        first, first_threads, first_sockets = burst()
+        # Once the PING under way has timed out (1 s), every check says degraded.
+        deadline = time.monotonic() + 5
+        while timed_health()[1]["status"] != "degraded":
+            assert time.monotonic() < deadline, "never degraded"
+            time.sleep(0.05)  # poll interval of the health endpoint
+        second, second_threads, second_sockets = burst()
+        slowest = max(seconds for seconds, _ in first + second)
+        assert slowest < 2.0, slowest  # the one PING's timeout (1 s), and the burst's own time
+        for results in (first, second):  # all but the one PING answer at once
+            assert sorted(seconds for seconds, _ in results)[-2] < 0.5, results
+        assert {answer["status"] for _, answer in second} == {"degraded"}
+        assert max(first_sockets, second_sockets) <= 1, (first_sockets, second_sockets)
+        assert max(first_threads, second_threads) <= baseline + 3, (baseline, first_threads)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        server.stop()
+        redis_server.stop()
+    log = server.log()
+    assert_clean_log(log)
+    assert len(re.findall(r"WARNING app\.layers\S* Redis unreachable for /healthz", log)) == 1

@@ -268,6 +268,33 @@ async def test_gaps_count_per_sender_from_the_first_message_heard():
     assert gaps.lost({"sender": "a", "seq": 10}) == 0
 
 
+async def test_a_member_remembers_the_most_recent_room_gap_senders_in_bounded_memory():
+    """2,000 one-message senders held 270 KiB per member (issue 32): now the last
+    ``ROOM_GAP_SENDERS`` (128) heard, about 160 bytes each; a forgotten one counts afresh."""
+    import secrets
+    import tracemalloc
+
+    from django.conf import settings
+
+    from app.rooms import Gaps
+
+    assert settings.ROOM_GAP_SENDERS == 128
+    names = [f"specific.{secrets.token_hex(16)}!{secrets.token_hex(6)}" for _ in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        gaps = Gaps()
+        for name in names:  # each its own string, as a member deserialises them from Redis
+            assert gaps.lost({"sender": "".join(name), "seq": 1000}) == 0
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(gaps.last) == 128
+    assert held < 32 * 1024, held
+    assert gaps.lost({"sender": names[-1], "seq": 1003}) == 2  # remembered: its gap is seen
+    assert gaps.lost({"sender": names[0], "seq": 1003}) == 0  # forgotten: counts afresh
+
+
 async def test_a_duplicate_room_message_is_not_forwarded(communicator_factory):
     member = communicator_factory("/ws/broadcast/async/duplicates/")
     assert (await member.connect())[0]

@@ -41,8 +41,9 @@ def with_cookie(communicator, session_key: str, extra: str = "; theme=dark"):
 
 
 async def records(channel: str, count: int) -> list[dict]:
+    """The next ``count`` records a listener's channel gets (each serialised once, as text)."""
     layer = get_channel_layer()
-    return [(await layer.receive(channel))["record"] for _ in range(count)]
+    return [json.loads((await layer.receive(channel))["text"]) for _ in range(count)]
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -211,3 +212,69 @@ async def test_preview_cuts_long_text_and_shows_bytes_as_hex():
     assert preview("a" * 500) == {"text": "a" * 200 + "...", "length": 500}
     assert preview(b"\x00\xff") == {"bytes": 2, "hex": "00 ff"}
     assert preview({"n": [1, None, 2.5]}) == {"n": [1, None, 2.5]}
+
+
+def trace_socket(token: str, session_key: str):
+    """A ``/ws/trace/<token>/`` communicator of ``session_key``'s browser, on uvicorn's terms."""
+    return with_cookie(
+        make_communicator(f"/ws/trace/{token}/", extensions={"websocket.http.response": {}}),
+        session_key,
+    )
+
+
+async def test_a_token_has_at_most_trace_listeners_per_token_the_next_is_refused_429(caplog):
+    """Each traced event goes to every trace socket of its token: 20 of them made 2,000 traced
+    echoes cost 3.6 s of CPU. The default bound is 2 (a page and its reconnect)."""
+    from prometheus_client import REGISTRY
+
+    def refused() -> float:
+        sample = ("channels_echo_refusals_total", {"reason": "trace_listeners"})
+        return REGISTRY.get_sample_value(*sample) or 0.0
+
+    assert settings.TRACE_LISTENERS_PER_TOKEN == 2
+    session_key, token = await new_session()
+    listeners = [trace_socket(token, session_key) for _ in range(2)]
+    for listener in listeners:
+        assert (await listener.connect())[0]
+    refused_before = refused()
+    third = trace_socket(token, session_key)
+    with caplog.at_level(logging.WARNING):
+        await third.send_input({"type": "websocket.connect"})
+        start = await third.receive_output()
+        body = await third.receive_output()
+    assert start["status"] == 429
+    assert b"2 trace socket(s) open already (TRACE_LISTENERS_PER_TOKEN)" in body["body"]
+    assert refused() == refused_before + 1
+    assert [r.levelname for r in caplog.records if r.name == "app.handshake"] == ["WARNING"]
+    # A listener that leaves frees its place.
+    await listeners[0].disconnect()
+    again = trace_socket(token, session_key)
+    assert (await again.connect())[0]
+    await again.disconnect()
+    await listeners[1].disconnect()
+
+
+async def test_each_trace_record_is_serialised_once_whatever_the_listeners(monkeypatch):
+    """The tracer sends the record's JSON text; each trace socket sends that text as it is."""
+    session_key, token = await new_session()
+    listeners = [trace_socket(token, session_key) for _ in range(2)]
+    for listener in listeners:
+        assert (await listener.connect())[0]
+    dumps = json.dumps
+    calls = []
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: calls.append(1) or dumps(*a, **k))
+    echo = with_cookie(make_communicator(f"/ws/echo/async/?trace={token}"), session_key)
+    assert (await echo.connect())[0]
+    await echo.send_to(text_data="once")
+    assert await echo.receive_from() == "once"
+    await echo.disconnect()
+    got = [[await listener.receive_from() for _ in range(5)] for listener in listeners]
+    monkeypatch.setattr(json, "dumps", dumps)
+    assert got[0] == got[1]  # the same text to each
+    assert [json.loads(text)["type"] for text in got[0]] == [
+        "websocket.connect", "websocket.accept", "websocket.receive", "websocket.send",
+        "websocket.disconnect",
+    ]  # fmt: skip
+    assert len(calls) == 5  # one serialisation per record, not one per record and listener
+    for listener in listeners:
+        await listener.disconnect()
