@@ -5,7 +5,8 @@
 Checks the ref out into a temporary worktree, serves both trees side by side (uvicorn through
 ``manage.py serve`` as the project ships, or another server's plain command, tests/servers.py),
 and runs the same ping-pong on each echo route in alternating order, so that a change can be
-shown to be within noise (used for tracing: untraced echo must pay nothing). Prints JSON.
+shown to be within noise (used for tracing: untraced echo must pay nothing). Prints JSON; a run
+that a page cites is kept as ``docs/runs/<what>-vs-<ref>-<date>.json``.
 
 Two figures per run: throughput (msg/s), and the server process's CPU time per message (user
 plus system, from /proc). On a shared machine throughput moves with the neighbours' load (one

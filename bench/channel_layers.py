@@ -7,7 +7,8 @@ deliveries per second, one-way latency percentiles, loss. Layers alternate, R ro
 
     .venv/bin/python -m bench.channel_layers [--clients 50] [--messages 100] [--rounds 2]
 
-Loopback only; every wait is bounded.
+Loopback only; every wait is bounded. Prints JSON; a run that a page cites is kept as
+``docs/runs/channel-layers-<what>-<date>.json``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``make conformance``: the Autobahn TestSuite (through kosoku) against the project under every
-server, and against the peers, in one run; writes docs/conformance.md and docs/conformance/
+server, and against the peers, in one run; writes docs/conformance.md, docs/runs/conformance.json and docs/conformance/
 (kosoku's HTML report of the project under ``manage.py serve``).
 
 Each target runs sections 1-7 and 10 as it starts by default, then 9 (big messages) with the
@@ -29,6 +29,7 @@ from django.test import override_settings  # noqa: E402
 from tests.servers import ROOT, LiveServer  # noqa: E402
 
 DOCS = ROOT / "docs"
+RECORD = DOCS / "runs" / "conformance.json"  # the run record, beside the other runs
 BIG = {"ECHO_MAX_MESSAGE_BYTES": str(16 * 2**20), "SERVER_MAX_MESSAGE_BYTES": str(64 * 2**20)}
 LABELS = ["OK", "INFORMATIONAL", "NON-STRICT", "FAILED", "UNIMPLEMENTED", "ERROR"]
 
@@ -114,7 +115,8 @@ def write(rows: list[tuple[str, dict[str, str]]]) -> None:
             + f" | {shown or '-'} |"
         )
     (DOCS / "conformance.md").write_text("\n".join(lines) + "\n")
-    (DOCS / "conformance.json").write_text(json.dumps(dict(rows), indent=1, sort_keys=True))
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(dict(rows), indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What permessage-deflate costs ``manage.py serve``, in one run; writes docs/deflate.{json,md}.
+"""What permessage-deflate costs ``manage.py serve``, in one run; writes docs/deflate.md, docs/runs/deflate.json.
 
     .venv/bin/python -m bench.deflate [--connections 10000] [--rounds 4] [--out-dir docs]
 
@@ -28,6 +28,8 @@ from bench.echo import cpu_seconds, idle_memory, machine, run_client, versions  
 from tests.servers import ROOT, LiveServer  # noqa: E402
 
 DOCS = ROOT / "docs"
+#: The run record, under ``--out-dir`` (docs/ by default): docs/runs/, beside the other runs.
+RECORD = "runs/deflate.json"
 ECHO = ("--echo", "1024")
 #: 10,000 connections come from one address: the per-address cap (2,000) is lifted.
 ENV = {"LOG_LEVEL": "WARNING", "WEBSOCKET_MAX_CONNECTIONS_PER_CLIENT": "0"}
@@ -85,7 +87,8 @@ def cost(rounds: int, messages: int) -> dict:
 
 
 def write(result: dict, out_dir: Path = DOCS) -> None:
-    (out_dir / "deflate.json").write_text(json.dumps(result, indent=1))
+    (out_dir / RECORD).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / RECORD).write_text(json.dumps(result, indent=1))
     memory_rows = result["memory"]
     base = {
         "serve": memory_rows["serve, no deflate"]["kib_per_connection"],

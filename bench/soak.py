@@ -5,7 +5,7 @@
 Starts the project under uvicorn (``manage.py serve``), opens ``--connections`` connections
 (half to each echo consumer), each sending ``--rate`` messages a second and checking every echo;
 every 10 s a tenth of them close and reconnect. The server's RSS is sampled every 5 s. Writes
-``docs/soak.json`` and ``docs/soak.png`` and prints the growth from minute 2 to the end, which
+``docs/runs/soak.json`` and ``docs/soak.png`` and prints the growth from minute 2 to the end, which
 should stay under 5%. Loopback only; the run ends by itself.
 """
 
@@ -30,6 +30,9 @@ django.setup()
 from bench.client import raise_fd_limit  # noqa: E402
 from bench.echo import rss_kib  # noqa: E402
 from tests.servers import ROOT, LiveServer  # noqa: E402
+
+#: The run record, under ``--out-dir`` (docs/ by default): docs/runs/, beside the other runs.
+RECORD = "runs/soak.json"
 
 
 class Paced(WSListener):
@@ -127,8 +130,8 @@ def main() -> None:
         rate=args.rate,
         growth_from_minute_2=growth(result["samples"]),
     )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out_dir / RECORD).parent.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / RECORD).write_text(json.dumps(result, indent=1) + "\n")
 
     import matplotlib
 

@@ -24,7 +24,7 @@ def test_quick_benchmark_runs_and_the_project_beats_stock_channels(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "[2/2] uvicorn" in result.stderr  # the progress line
-    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    report = json.loads((tmp_path / "runs" / "benchmarks.json").read_text())
     cells = {cell["target"]: cell for cell in report["cells"]}
     assert set(cells) == {"stock-async", "project-async"}
     for cell in cells.values():
@@ -34,7 +34,9 @@ def test_quick_benchmark_runs_and_the_project_beats_stock_channels(tmp_path):
     # Same run, same machine, alternating order: a ratio, never an absolute time.
     assert cells["project-async"]["msgs_per_s"] > cells["stock-async"]["msgs_per_s"]
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
-    assert "| 10 | 16 B | project-async |" in (tmp_path / "benchmarks.md").read_text()
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "| 10 | 16 B | project-async |" in page
+    assert "](runs/benchmarks.json)" in page  # the page links its record where it is
 
 
 def test_ab_counts_the_cpu_of_the_servers_worker_processes():
@@ -62,7 +64,7 @@ def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "fanout.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "runs" / "fanout.json").read_text())["rows"]
     assert [row["layer"] for row in rows] == ["ceiling", "memory"]
     assert rows[0]["ratio_to_ceiling"] == 1.0
     for row in rows:
@@ -70,7 +72,9 @@ def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling(tmp_path):
         assert row["delivered"] == 20 * 300
         assert row["idle_kib_per_member"] > 0
     assert 0 < rows[1]["ratio_to_ceiling"] < 5
-    assert "| memory | 1 | 20 | 1 |" in (tmp_path / "fanout.md").read_text()
+    page = (tmp_path / "fanout.md").read_text()
+    assert "| memory | 1 | 20 | 1 |" in page
+    assert "](runs/fanout.json)" in page
 
 
 def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
@@ -81,7 +85,7 @@ def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "deflate.json").read_text())
+    report = json.loads((tmp_path / "runs" / "deflate.json").read_text())
     assert len(report["memory"]) == 4
     for size in ("16 B", "4096 B"):
         (run,) = report["cost"]["rounds"][size]["deflate"]
