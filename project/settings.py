@@ -39,23 +39,22 @@ def env_addresses(name: str) -> list[tuple[str, int]]:
 
 
 def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number") from None
+    return int(env_number(name, default, int, "a whole number"))
 
 
 def env_float(name: str, default: float) -> float:
+    return env_number(name, default, float, "a number")
+
+
+def env_number(name: str, default: float, parse: type[float], expected: str) -> float:
+    """``name`` from the environment parsed by ``parse``; ``default`` when unset or blank."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
     try:
-        return float(value)
+        return parse(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r}: expected a number") from None
+        raise ImproperlyConfigured(f"{name}={value!r}: expected {expected}") from None
 
 
 # DJANGO_ENV=production turns the development defaults into errors and the security settings on.
