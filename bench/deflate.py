@@ -86,6 +86,10 @@ def cost(rounds: int, messages: int) -> dict:
     return {"rounds": results, "summary": summary}
 
 
+#: Where the page's hand-written part begins: a run rewrites what is above it and keeps the rest.
+HAND_WRITTEN = "## A bound on what a connection inflates"
+
+
 def write(result: dict, out_dir: Path = DOCS) -> None:
     (out_dir / RECORD).parent.mkdir(parents=True, exist_ok=True)
     (out_dir / RECORD).write_text(json.dumps(result, indent=1))
@@ -123,7 +127,9 @@ def write(result: dict, out_dir: Path = DOCS) -> None:
             f"| {size} | {rate['plain']:,.0f} / {rate['deflate']:,.0f} | {row['rate_ratio']:.2f}x"
             f" | {cpu['plain']:.1f} / {cpu['deflate']:.1f} us | {row['cpu_ratio']:.2f}x |"
         )
-    (out_dir / "deflate.md").write_text("\n".join(lines) + "\n")
+    page = out_dir / "deflate.md"
+    kept = page.read_text().partition(HAND_WRITTEN)[1:] if page.exists() else ("", "")
+    page.write_text("\n".join(lines) + "\n" + ("\n" + "".join(kept) if kept[0] else ""))
 
 
 def main() -> None:

@@ -78,7 +78,11 @@ def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling(tmp_path):
 
 
 def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
-    """bench.deflate: every memory row, and both payload sizes echoed compressed."""
+    """bench.deflate: every memory row, and both payload sizes echoed compressed; the page's
+    hand-written part is kept, what the last run wrote is replaced."""
+    from bench.deflate import HAND_WRITTEN
+
+    (tmp_path / "deflate.md").write_text(f"stale table\n\n{HAND_WRITTEN}\n\nkept by hand\n")
     result = subprocess.run(
         [sys.executable, "-m", "bench.deflate", "--connections", "50", "--rounds", "1",
          "--messages", "1000", "--out-dir", str(tmp_path)],
@@ -90,4 +94,6 @@ def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
     for size in ("16 B", "4096 B"):
         (run,) = report["cost"]["rounds"][size]["deflate"]
         assert run["compressed_echoes"] == 1000  # every echo came back with RSV1 set
-    assert "| 16 B |" in (tmp_path / "deflate.md").read_text()
+    page = (tmp_path / "deflate.md").read_text()
+    assert "| 16 B |" in page and "stale table" not in page
+    assert page.endswith(f"{HAND_WRITTEN}\n\nkept by hand\n")

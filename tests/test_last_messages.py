@@ -82,9 +82,7 @@ def two_on_redis(redis_server, server_env):
 @pytest.mark.redis
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["async", "sync"])
-async def test_a_senders_last_messages_reach_the_room_across_processes_on_redis(
-    two_on_redis, kind
-):
+async def test_a_senders_last_messages_reach_the_room_across_processes_on_redis(two_on_redis, kind):
     a, b = two_on_redis
     for _ in range(RUNS):
         room = f"last-{uuid.uuid4().hex[:10]}"
