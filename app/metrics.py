@@ -58,6 +58,8 @@ REFUSAL_REASONS = (
     "header_too_large",  # HTTP_MAX_HEADER_BYTES, HTTP_MAX_HEADERS, websockets' own limits (431, 414)
     "header_timeout",  # HTTP_HEADER_TIMEOUT (408)
     "bad_handshake",  # a handshake websockets cannot parse (400)
+    "behaviour",  # /ws/test/: a parameter unknown, repeated, out of range, or not on this server (400)
+    "push_budget",  # /ws/test/: pushes over TEST_PUSH_BYTES_PER_CLIENT for the address (429)
 )
 
 #: Handler time buckets in seconds: an echo takes tens of microseconds, a slow handler seconds.

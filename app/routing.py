@@ -17,6 +17,7 @@ from app.consumers import (
 )
 from app.handshake import unknown_route
 from app.protocol import Receive, Scope, Send
+from app.test_server import BehavioursConsumer
 
 
 class URLRouter(channels.routing.URLRouter):
@@ -85,6 +86,7 @@ websocket_urlpatterns = [
         BroadcastAsyncConsumer.as_asgi(),
         name="broadcast-async",
     ),
+    path("ws/test/", BehavioursConsumer.as_asgi(), name="test"),
     re_path(r"^ws/trace/(?P<token>[A-Za-z0-9_-]{1,64})/$", TraceConsumer.as_asgi(), name="trace"),
     re_path(r"", unknown_route),
 ]

@@ -30,6 +30,7 @@ def index(request: HttpRequest) -> HttpResponse:
         {
             "max_message_bytes": settings.ECHO_MAX_MESSAGE_BYTES,
             "subprotocols": settings.ECHO_SUBPROTOCOLS,
+            "client_conformance_url": settings.CLIENT_CONFORMANCE_URL,
         },
     )
 

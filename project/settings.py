@@ -248,6 +248,17 @@ SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 SYNC_CONSUMER_THREADS = env_int("SYNC_CONSUMER_THREADS", 8)
 #: While every lane is running a handler, a new connection opens a new lane, up to this many.
 SYNC_CONSUMER_MAX_THREADS = env_int("SYNC_CONSUMER_MAX_THREADS", 256)
+#: /ws/test/ (behaviours on demand): bytes a second that the pushes of one client address's
+#: connections may send together, per process; a push past it is refused with 429 (400 when it
+#: alone asks for more). 8 MiB/s (64 Mbit/s) carries the fastest push of small messages
+#: (10,000 a second, up to 838 bytes each) or a 1 MiB push 8 times a second, and keeps one
+#: address to a small share of a server's uplink: not an amplifier for anyone with a socket.
+TEST_PUSH_BYTES_PER_CLIENT = env_int("TEST_PUSH_BYTES_PER_CLIENT", 8 * 1024 * 1024)
+#: /ws/test/?delay=: bytes of echoes one connection holds while they wait; past it, the
+#: consumer takes no more messages until the oldest has gone (and the server stops reading).
+#: 1 MiB: what a client that does not read can already make a connection hold (4 x
+#: WEBSOCKET_WRITE_BUFFER_BYTES), and four echoes at ECHO_MAX_MESSAGE_BYTES.
+TEST_DELAY_BACKLOG_BYTES = env_int("TEST_DELAY_BACKLOG_BYTES", 1024 * 1024)
 
 #: /healthz and /handshake-check ask Redis at most once per this many seconds per process
 #: (one PING at a time, on one kept connection, within HEALTH_CHECK_TIMEOUT seconds); the
@@ -369,8 +380,37 @@ if PRODUCTION:
     if BEHIND_PROXY:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-#: The page's Content-Security-Policy: no inline script, nothing from elsewhere.
+
+def websocket_origin(name: str) -> str:
+    """``ws[s]://host[:port]`` from the environment, or ""; a path, query or other scheme is
+    refused, so the origin the page's CSP allows is exactly the one the page connects to."""
+    from urllib.parse import urlsplit
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"ws", "wss"} or not parts.hostname or port == -1:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected ws://host:port or wss://host:port")
+    if parts.path not in {"", "/"} or parts.query or parts.fragment or parts.username:
+        raise ImproperlyConfigured(f"{name}={value!r}: an origin only, no path or query")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+#: Where the Autobahn fuzzing server for clients (``manage.py fuzzingserver``) listens, as the
+#: page's browser reaches it: ``ws://127.0.0.1:9001``. Unset: the page's "Test this browser"
+#: control says how to start one, and the page may connect to its own origin only.
+CLIENT_CONFORMANCE_URL = websocket_origin("CLIENT_CONFORMANCE_URL")
+_CONNECT_SRC = " ".join(filter(None, ["'self'", CLIENT_CONFORMANCE_URL]))
+
+#: The page's Content-Security-Policy: no inline script, nothing from elsewhere but the fuzzing
+#: server's one origin when ``CLIENT_CONFORMANCE_URL`` is set.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    f"connect-src {_CONNECT_SRC}; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )

@@ -24,6 +24,9 @@ class ServerBehaviour:
     invalid_utf8_close_code: (
         int | None
     )  # close code for invalid UTF-8 in a text frame (None: dropped)
+    test_server_behaviours: bool  # /ws/test/: fragment, ping, compress, drop_after are done
+    test_refusal_status: int | None  # /ws/test/: HTTP status of one it cannot do (None: none)
+    test_header_case: bool  # /ws/test/?headers=1: header names as the client wrote them
 
 
 BEHAVIOUR = {
@@ -38,6 +41,9 @@ BEHAVIOUR = {
         shutdown_close_code=1012,
         shutdown_quiet=True,
         invalid_utf8_close_code=1007,
+        test_server_behaviours=True,
+        test_refusal_status=None,
+        test_header_case=False,
     ),
     "daphne": ServerBehaviour(
         accept_headers=False,
@@ -50,6 +56,9 @@ BEHAVIOUR = {
         shutdown_close_code=None,
         shutdown_quiet=True,
         invalid_utf8_close_code=None,
+        test_server_behaviours=False,
+        test_refusal_status=403,
+        test_header_case=False,
     ),
     "hypercorn": ServerBehaviour(
         accept_headers=True,
@@ -62,6 +71,9 @@ BEHAVIOUR = {
         shutdown_close_code=1011,
         shutdown_quiet=False,
         invalid_utf8_close_code=None,
+        test_server_behaviours=False,
+        test_refusal_status=400,
+        test_header_case=False,
     ),
     "granian": ServerBehaviour(
         accept_headers=False,
@@ -74,6 +86,9 @@ BEHAVIOUR = {
         shutdown_close_code=None,
         shutdown_quiet=True,
         invalid_utf8_close_code=1005,
+        test_server_behaviours=False,
+        test_refusal_status=400,
+        test_header_case=False,
     ),
 }
 
@@ -89,6 +104,9 @@ FEATURES = {
     "shutdown_close_code": "SIGTERM: close frame to every client",
     "shutdown_quiet": "SIGTERM with clients connected: no traceback logged",
     "invalid_utf8_close_code": "invalid UTF-8 in a text frame: close code",
+    "test_server_behaviours": "`/ws/test/`: `fragment`, `ping`, `pong_timeout`, `compress`, `drop_after` (the `x-behaviours` extension)",
+    "test_refusal_status": "`/ws/test/`: a behaviour the server cannot do: HTTP status",
+    "test_header_case": "`/ws/test/?headers=1`: header names as the client wrote them",
 }
 
 #: Why a server's cell differs from what the spec asks, where we know.
@@ -110,6 +128,18 @@ CAVEATS = {
     ("granian", "disconnect_reason"): "code only",
     ("granian", "shutdown_close_code"): "connections dropped without a close frame",
     ("granian", "invalid_utf8_close_code"): "a close frame without a code",
+    ("uvicorn", "test_refusal_status"): "it does them all",
+    ("uvicorn", "test_header_case"): "lower-cased by uvicorn's h11 protocol before the upgrade",
+    ("daphne", "test_server_behaviours"): "refused at the handshake",
+    (
+        "daphne",
+        "test_refusal_status",
+    ): "no `websocket.http.response`; `close=1001`-`2999` and `reason=` refused too",
+    ("daphne", "test_header_case"): "lower-cased",
+    ("hypercorn", "test_server_behaviours"): "refused at the handshake, with the reason",
+    ("hypercorn", "test_header_case"): "lower-cased",
+    ("granian", "test_server_behaviours"): "refused at the handshake, with the reason",
+    ("granian", "test_header_case"): "lower-cased",
 }
 
 #: Rows every server passes, each asserted by an end-to-end test.
@@ -118,6 +148,7 @@ COMMON = [
     "text and bytes echo, 200 KiB, 1,000 messages in order",
     "a raising handler: client gets a close with 1011 (4011 on daphne), one traceback logged",
     "foreign `Origin`: HTTP status 403",
+    "`/ws/test/`: `delay`, `push`, `close` after an echo, `headers=1` (plain ASGI)",
 ]
 
 

@@ -27,7 +27,9 @@ relies on fails a test.
 
 The package, by subject: ``http`` (request heads), ``caps`` (connections per process and per
 address), ``frames`` (frame rate, fragments, UTF-8), ``flow`` (clients that do not read, read
-pausing), ``closing`` (the server's own closes, and sends after them), ``queue`` (one
+pausing), ``closing`` (the server's own closes, and sends after them), ``behaviours`` (the
+``x-behaviours`` ASGI extension: fragments, RSV1 per message, pings and a drop on demand, for
+``/ws/test/``), ``queue`` (one
 connection's messages), ``deflate`` (permessage-deflate), ``outgoing`` (a frame made once for
 the connections a message goes to, writes batched per turn of the event loop), ``websocket``
 (the protocol class that composes them) and ``config`` (``uvicorn_config``).

@@ -17,6 +17,7 @@ from websockets.protocol import State
 
 from app import metrics
 from app.protocol import Message, peer
+from app.server.behaviours import X_MESSAGES, ServerBehaviours
 from app.server.caps import ConnectionCaps
 from app.server.closing import APP_CLOSES, ServerCloses, logger
 from app.server.deflate import deflate_extensions
@@ -29,7 +30,12 @@ from app.session import TokenBucket
 
 
 class WebSocketProtocol(
-    FramePolicy, FlowControl, ServerCloses, ConnectionCaps, WebSocketsSansIOProtocol
+    FramePolicy,
+    FlowControl,
+    ServerCloses,
+    ConnectionCaps,
+    ServerBehaviours,
+    WebSocketsSansIOProtocol,
 ):
     """uvicorn's default WebSocket protocol, bounded, and with client errors kept out of the
     ERROR log.
@@ -41,6 +47,8 @@ class WebSocketProtocol(
     - ``flow``: a client that does not read is not read from, then dropped (1008).
     - ``closing``: every close the server makes is one WARNING line and a disconnect marked
       as the server's; a send after it raises ``ClientDisconnected``.
+    - ``behaviours``: the ``x-behaviours`` extension (fragments, RSV1 per message, pings,
+      a drop without a close frame), for ``/ws/test/``; off the fast path.
     - Here: a handshake that websockets itself refuses (a request line over 8 KiB: 414; a
       header line over 8 KiB or more than 128 headers: 431) was answered in websockets' output
       buffer, which uvicorn never writes, and the socket stayed open: both are done here. A
@@ -130,6 +138,8 @@ class WebSocketProtocol(
             raise ClientDisconnected("the server has closed this connection")
         if self.write_paused and self.transport.get_write_buffer_size() > self.hard_limit:
             self.writable.clear()  # uvicorn's send waits until resume_writing
+        if message["type"] in X_MESSAGES:
+            return await self.x_message(message)  # behaviours.py
         await super().send(message)
         kind = message["type"]
         if kind == "websocket.send":
