@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test lint format bench screenshot soak conformance docs docs-serve
+.PHONY: run test lint format bench screenshot soak conformance client-conformance docs docs-serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: $(STAMP)
 ## conformance: the Autobahn TestSuite (kosoku) against the project under each server and the peers; writes docs/conformance.md and docs/runs/conformance.json
 conformance: $(STAMP)
 	$(BIN)/python -m bench.conformance
+
+## client-conformance: the Autobahn TestSuite's client cases (manage.py fuzzingserver) against Chromium through the page, websockets, aiohttp and picows; writes docs/client-conformance.md and docs/runs/client-conformance.json
+client-conformance: $(STAMP)
+	$(BIN)/python -m bench.client_conformance
 
 ## soak: ten minutes of steady echo load with churn; writes docs/soak.png and docs/runs/soak.json
 soak: $(STAMP)

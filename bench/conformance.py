@@ -97,26 +97,38 @@ def write(rows: list[tuple[str, dict[str, str]]]) -> None:
         "project's async echo (written beside this file, not kept in the repository):",
         "docs/conformance/{default,big,deflate}/index.html.",
         "",
-        "| target | " + " | ".join(LABELS) + " | not passing |",
+        *table(rows),
+    ]
+    (DOCS / "conformance.md").write_text("\n".join(lines) + "\n")
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(dict(rows), indent=1, sort_keys=True))
+
+
+def failing(labels: dict[str, str]) -> list[str]:
+    """The cases that did not pass (not OK or INFORMATIONAL), in Autobahn's order."""
+    return sorted(
+        (case for case, label in labels.items() if label not in ("OK", "INFORMATIONAL")),
+        key=lambda c: [int(p) for p in c.split(".")],
+    )
+
+
+def table(rows: list[tuple[str, dict[str, str]]], first: str = "target") -> list[str]:
+    """The Markdown table of label counts, one row per ``(name, {case: label})``: shared by
+    docs/conformance.md and docs/client-conformance.md (bench/client_conformance.py)."""
+    lines = [
+        f"| {first} | " + " | ".join(LABELS) + " | not passing |",
         "|---|" + "---|" * (len(LABELS) + 1),
     ]
     for name, labels in rows:
         counts = collections.Counter(labels.values())
-        failing = sorted(
-            (case for case, label in labels.items() if label not in ("OK", "INFORMATIONAL")),
-            key=lambda c: [int(p) for p in c.split(".")],
-        )
-        shown = ", ".join(failing[:12]) + (
-            f", and {len(failing) - 12} more" if len(failing) > 12 else ""
-        )
+        cases = failing(labels)
+        shown = ", ".join(cases[:12]) + (f", and {len(cases) - 12} more" if len(cases) > 12 else "")
         lines.append(
             f"| {name} | "
             + " | ".join(str(counts.get(label, 0)) for label in LABELS)
             + f" | {shown or '-'} |"
         )
-    (DOCS / "conformance.md").write_text("\n".join(lines) + "\n")
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    RECORD.write_text(json.dumps(dict(rows), indent=1, sort_keys=True))
+    return lines
 
 
 if __name__ == "__main__":
