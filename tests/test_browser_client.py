@@ -8,8 +8,11 @@ Each test that names a defect failed on the page before this rewrite (static/app
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +135,148 @@ def test_auto_reconnect_backs_off_and_close_cancels_it(page):
 
 # --- the log: fast, capped, and the reader keeps their place -------------------------------
 
+
+class FrameClock:
+    """A loopback TCP proxy in front of the server that notes when each WebSocket message
+    leaves the server: the wall-clock time (``time.time()``) at which the bytes completing it
+    were read from the server's socket, per request path. The page is loaded through it, so
+    its WebSocket is too (the Origin and Host are both the proxy's: the development origin
+    check passes). Nothing is changed on the way."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.messages: dict[str, tuple[int, float]] = {}  # path -> (messages, time of the last)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FrameClock:
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._listen(), self.loop)
+        self.port = started.result(timeout=10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def last(self, path_prefix: str) -> tuple[int, float]:
+        """Messages from the server on the WebSocket whose path starts with ``path_prefix``,
+        and when the last of them left it."""
+        found = [seen for path, seen in self.messages.items() if path.startswith(path_prefix)]
+        assert len(found) == 1, self.messages
+        return found[0]
+
+    async def _listen(self) -> int:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        self.server.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _connection(self, client_r, client_w) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        request = {}
+        up = asyncio.ensure_future(self._upstream(client_r, server_w, request))
+        down = asyncio.ensure_future(self._downstream(server_r, client_w, request))
+        try:
+            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the clock is closing: end quietly
+        finally:
+            for task in (up, down):
+                task.cancel()
+            for writer in (client_w, server_w):
+                writer.close()
+
+    async def _upstream(self, reader, writer, request: dict) -> None:
+        while data := await reader.read(65536):
+            if "path" not in request and (match := re.match(rb"[A-Z]+ (\S+) HTTP/1", data)):
+                request["path"] = match[1].decode()  # a WebSocket's connection carries one request
+            writer.write(data)
+            await writer.drain()
+
+    async def _downstream(self, reader, writer, request: dict) -> None:
+        buffer = bytearray()
+        upgraded = None  # unknown until the first response's status line
+        while data := await reader.read(65536):
+            now = time.time()
+            writer.write(data)
+            if upgraded is False:
+                await writer.drain()
+                continue
+            buffer += data
+            if upgraded is None:
+                if len(buffer) < 12:
+                    continue
+                upgraded = bytes(buffer[:12]) == b"HTTP/1.1 101"
+                if not upgraded:
+                    buffer.clear()
+                    continue
+                end = buffer.find(b"\r\n\r\n")
+                while end < 0:  # the rest of the handshake response
+                    more = await reader.read(65536)
+                    if not more:
+                        return
+                    writer.write(more)
+                    buffer += more
+                    end = buffer.find(b"\r\n\r\n")
+                del buffer[: end + 4]
+            del buffer[: self._count_messages(buffer, request.get("path", "?"), now)]
+            await writer.drain()
+
+    def _count_messages(self, buffer: bytearray, path: str, now: float) -> int:
+        """Counts the data messages that end in ``buffer`` (server frames: never masked);
+        returns how many bytes were whole frames."""
+        offset = 0
+        count, at = self.messages.get(path, (0, 0.0))
+        while len(buffer) - offset >= 2:
+            first, second = buffer[offset], buffer[offset + 1]
+            length, header = second & 0x7F, 2
+            if length == 126:
+                if len(buffer) - offset < 4:
+                    break
+                length, header = int.from_bytes(buffer[offset + 2 : offset + 4], "big"), 4
+            elif length == 127:
+                if len(buffer) - offset < 10:
+                    break
+                length, header = int.from_bytes(buffer[offset + 2 : offset + 10], "big"), 10
+            if len(buffer) - offset < header + length:
+                break
+            offset += header + length
+            if first & 0x80 and (first & 0x0F) in (
+                0,
+                1,
+                2,
+            ):  # FIN of a text, binary or continuation
+                count, at = count + 1, now
+        self.messages[path] = (count, at)
+        return offset
+
+
+@pytest.fixture
+def proxied_page(browser, uvicorn_server):
+    """A page loaded through a ``FrameClock`` in front of the server, and the clock."""
+    with FrameClock(uvicorn_server.port) as clock:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(clock.url + "/")
+        yield page, clock
+        context.close()
+    assert errors == []
+
+
 LONG_TASKS = """() => {
     window.__longTasks = [];
     new PerformanceObserver((list) => {
@@ -140,29 +285,72 @@ LONG_TASKS = """() => {
 }"""
 
 
+DRAWN = """() => {
+    window.__drawn = [];
+    new MutationObserver((records) => {
+        const at = Date.now();
+        for (const record of records)
+            for (const node of record.addedNodes) window.__drawn.push([Number(node.dataset.id), at]);
+    }).observe(document.getElementById("entries"), { childList: true });
+}"""
+
+
+#: The burst the issue measured: small messages sent straight through the page's socket in one
+#: task, so that the echoes come back as fast as the server sends them. (Through the page's
+#: Send, 250 a task, the page paces the server, and the page as it was passed.)
+BURST = "(n) => { for (let i = 0; i < n; i++) echoClient.connection.socket.send('a message'); }"
+
+
+def drawn_at(page: Page, entry_id: int) -> float:
+    """The page's wall clock (ms) when the log drew entry ``entry_id``, or drew past it: in a
+    burst, entries older than the window's newest 500 are counted, not drawn."""
+    page.wait_for_function("(id) => window.__drawn.some(([drawn]) => drawn >= id)", arg=entry_id)
+    return page.evaluate("(id) => window.__drawn.find(([drawn]) => drawn >= id)[1]", entry_id)
+
+
+def last_received_id(page: Page) -> int:
+    return page.evaluate("echoClient.log.entries.findLast((e) => e.kind === 'received').id")
+
+
 @pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
-def test_5000_echoes_render_within_a_second_of_the_last_without_long_tasks(page, traced):
-    """The issue's target: rendered in under 1 s of main-thread work after the last message
-    arrives; no task over 200 ms while they arrive."""
+def test_5000_echoes_are_drawn_within_a_second_of_the_last_leaving_the_server(proxied_page, traced):
+    """The issue's target, timed from the network: the last of 5,000 echoes is drawn within
+    1 s of its bytes leaving the server (a proxy in front of it notes when), with no task over
+    200 ms meanwhile. Timed from the script's receipt of the last, as it was, this read 0.1-0.2 s
+    while the script was 2-4 s behind the network. Plain: the issue's burst, straight through
+    the page's socket (the page as it was: 1.95 s). Traced: through the page's Send, which
+    paces the server; a straight burst traced is 15,000 messages for the browser, 1.4-2.0 s
+    (docs/performance.md)."""
+    page, clock = proxied_page
     page.set_checked("#trace", traced)
     connect(page, "async")
     page.evaluate(LONG_TASKS)
-    send_many(page, "a message", 5000)
-    received_count(page, 5000)  # shown by the frame that rendered the last one
-    if traced:
-        server = page.locator("#log li[data-side='server']")
-        expect(server.last).to_contain_text("websocket.send", timeout=30_000)
-    timing = page.evaluate(
-        "() => ({arrived: echoClient.connection.lastReceivedAt, drawn: echoClient.log.lastFlushAt,"
-        " tasks: window.__longTasks, shown: document.querySelectorAll('#log li').length})"
+    page.evaluate(DRAWN)
+    if traced:  # through Send: 5,000 echoes and 10,000 server records are 3 messages an echo
+        send_many(page, "a message", 5000)
+    else:
+        page.evaluate(BURST, 5000)
+    received_count(page, 5000)
+    drawn = drawn_at(page, last_received_id(page))
+    count, left = clock.last("/ws/echo/async/")
+    assert count == 5000
+    if traced:  # the server's records of them all reach the log too
+        page.wait_for_function(
+            "() => echoClient.log.entries.filter((e) => e.side === 'server'"
+            " && e.type === 'websocket.send').length === 5000",
+            timeout=30_000,
+        )
+    tasks = page.evaluate("window.__longTasks")
+    late = drawn - left * 1000
+    print(
+        f"traced={traced}: drawn {late:.0f} ms after the last left the server,"  # for docs, -s
+        f" longest task {max(tasks, default=0):.0f} ms"
     )
-    print(  # for docs, with -s
-        f"traced={traced}: drawn {timing['drawn'] - timing['arrived']:.0f} ms after the last,"
-        f" longest task {max(timing['tasks'], default=0):.0f} ms"
-    )
-    assert timing["drawn"] - timing["arrived"] < 1000, timing
-    assert max(timing["tasks"], default=0) < 200, timing["tasks"]
-    assert timing["shown"] <= 500  # the DOM holds the newest 500; the rest are counted
+    assert late < 1000, late
+    assert max(tasks, default=0) < 200, tasks
+    assert (
+        page.locator("#log li").count() <= 500
+    )  # the DOM holds the newest 500; the rest are counted
     expect(page.locator("#older")).to_contain_text("older entries not shown")
 
 
@@ -305,6 +493,12 @@ def test_axe_finds_no_violations_in_any_state(browser, uvicorn_server):
     page = context.new_page()
     page.goto(uvicorn_server.http_url + "/")
     found: dict[str, list[str]] = {"initial": axe_violations(page)}
+    page.select_option("#mode", "test")  # opens the "Server behaviour" panel
+    page.fill("#b-fragment", "0")
+    expect(page.locator("#behaviour-url")).to_contain_text("not usable")
+    found["server behaviour panel, a value refused"] = axe_violations(page)
+    page.fill("#b-fragment", "")
+    page.select_option("#mode", "echo")
     page.check("#trace")
     connect(page, "async")
     send_text(page, '{"json": [1, 2, 3]}')
@@ -441,3 +635,158 @@ def test_long_text_is_shortened_and_expands(page):
     expect(long.locator("pre.full")).to_be_hidden()
     long.locator("summary").click()
     expect(long.locator("pre.full")).to_have_text("y" * 1000)
+
+
+# --- the "Server behaviour" panel: /ws/test/'s parameters ----------------------------------
+
+
+def set_behaviour(page: Page, **values) -> None:
+    """Fill the panel's fields (``b-<parameter>``); a bool ticks or clears a checkbox, a
+    choice's value picks its option."""
+    page.select_option("#mode", "test")
+    for name, value in values.items():
+        field = page.locator(f"#b-{name}")
+        if isinstance(value, bool):
+            field.set_checked(value)
+        elif field.evaluate("(el) => el.tagName") == "SELECT":
+            field.select_option(str(value))
+        else:
+            field.fill(str(value))
+
+
+def test_the_behaviour_panel_builds_the_url_from_its_fields(page, uvicorn_server):
+    url = page.locator("#behaviour-url")
+    expect(url).to_have_text(f"{uvicorn_server.ws_url}/ws/test/")
+    set_behaviour(
+        page,
+        fragment=1000,
+        delay=50,
+        ping=2.5,
+        pong_timeout=1,
+        close=4001,
+        reason="bye now & then",
+        close_after=3,
+        drop_after=9,
+        push=10,
+        push_size=64,
+        push_rate=100,
+        push_type="bytes",
+        compress="never",
+        headers=True,
+    )
+    expect(page.locator("#behaviour-details")).to_have_attribute("open", "")
+    expect(url).to_have_text(
+        f"{uvicorn_server.ws_url}/ws/test/?fragment=1000&delay=50&ping=2.5&pong_timeout=1"
+        "&close=4001&reason=bye+now+%26+then&close_after=3&drop_after=9&push=10&push_size=64"
+        "&push_rate=100&push_type=bytes&compress=never&headers=1"
+    )
+    set_behaviour(page, fragment="", push="", push_size="", push_rate="", push_type="text")
+    set_behaviour(page, close="", reason="", close_after="", compress="auto", headers=False)
+    expect(url).to_have_text(
+        f"{uvicorn_server.ws_url}/ws/test/?delay=50&ping=2.5&pong_timeout=1&drop_after=9"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "rule", "field"),
+    [
+        ({"fragment": 0}, 'fragment must be a whole number 1-65,536 bytes, got "0"', "fragment"),
+        ({"delay": "10001"}, 'delay must be a whole number 0-10,000 ms, got "10001"', "delay"),
+        (
+            {"ping": "0.05"},
+            'ping must be a number 0.1-60 s (at most 3 decimals), got "0.05"',
+            "ping",
+        ),
+        ({"pong_timeout": 5}, "pong_timeout needs ping", "pong_timeout"),
+        (
+            {"close": 1005},
+            "close must be a close code a server may send (1000-1003, 1007-1014, 3000-4999)",
+            "close",
+        ),
+        (
+            {"close": 1000, "reason": "\u00e9" * 62},
+            "reason must be at most 123 bytes of UTF-8, got 124",
+            "reason",
+        ),
+        (
+            {"push": 100, "push_size": 1048576},
+            "push x push_size must be at most 67,108,864 bytes (64 MiB)",
+            "push_size",
+        ),
+        (
+            {"push": 1, "push_rate": "20000"},
+            "push_rate must be a number 0.1-10,000 messages/s",
+            "push_rate",
+        ),
+    ],
+    ids=["fragment", "delay", "ping", "pong_timeout", "close", "reason", "push-total", "push_rate"],
+)
+def test_an_out_of_range_behaviour_is_refused_with_its_rule(page, values, rule, field):
+    set_behaviour(page, **values)
+    expect(page.locator("#behaviour-url")).to_contain_text(f"(not usable: {rule}")
+    page.click("#connect")
+    expect(alert(page)).to_contain_text(rule)
+    expect(page.locator(f"#b-{field}")).to_be_focused()
+    expect(state(page)).to_have_text("closed")
+    expect(entries(page, "connecting")).to_have_count(0)  # nothing was tried
+    page.click("#copy-url")
+    expect(entries(page, "error")).to_have_count(2)  # refused again: nothing copied
+    expect(entries(page, "note")).to_have_count(0)
+
+
+def test_the_behaviour_url_is_copied_to_the_clipboard(browser, uvicorn_server):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(uvicorn_server.http_url + "/")
+    set_behaviour(page, delay=250, close=1013, reason="try later")
+    page.click("#copy-url")
+    url = f"{uvicorn_server.ws_url}/ws/test/?delay=250&close=1013&reason=try+later"
+    expect(entries(page, "note").last).to_have_text(re.compile(f"copied {re.escape(url)}$"))
+    assert page.evaluate("navigator.clipboard.readText()") == url
+    context.close()
+
+
+def test_test_mode_connects_with_the_panels_parameters_echoes_and_shows_pushes(page):
+    set_behaviour(page, push=3, push_size=40, push_rate=50, delay=20)
+    expect(page.locator("#consumer-label")).to_be_hidden()  # /ws/test/ is one consumer
+    page.click("#connect")
+    expect(state(page)).to_have_text("open")
+    expect(entries(page, "connecting")).to_contain_text(
+        "/ws/test/?delay=20&push=3&push_size=40&push_rate=50 with no subprotocol"
+    )
+    expect(entries(page, "open")).to_contain_text("connected to the test server (/ws/test/)")
+    pushes = entries(page, "received").filter(has_text="push ")
+    expect(pushes).to_have_count(3)
+    texts = [text.rstrip() for text in pushes.locator(".detail").all_inner_texts()]
+    assert [text.split()[:2] for text in texts] == [["push", "1"], ["push", "2"], ["push", "3"]]
+    expect(pushes.first).to_contain_text("text, 40 bytes")
+    send_text(page, "echoed after 20 ms")
+    echo = entries(page, "received").filter(has_text="echoed after 20 ms")
+    sent_id = entries(page, "sent").last.get_attribute("data-id")
+    expect(echo).to_contain_text(f"(echo of #{sent_id})")  # paired in test mode too
+    rtt = float(re.search(r"in ([0-9.]+) ms", echo.locator(".summary").inner_text())[1])
+    assert rtt >= 20  # the server's delay=20
+
+
+def test_5000_pushes_are_drawn_within_a_second_of_the_last_leaving_the_server(page):
+    """The page's target for a server that pushes: /ws/test/ pushes 5,000 messages at its
+    highest rate (10,000 a second), each carrying the server's wall clock as it was sent
+    (``push <n> <t>``); the last is drawn within 1 s of that time by the page's own clock (one
+    machine, one clock), with no task over 200 ms meanwhile."""
+    set_behaviour(page, push=5000, push_size=64, push_rate=10000)
+    page.evaluate(LONG_TASKS)
+    page.evaluate(DRAWN)
+    page.click("#connect")
+    received_count(page, 5000)
+    last = last_received_id(page)
+    text = page.evaluate("(id) => echoClient.log.entries.find((e) => e.id === id).text", last)
+    _, number, sent_at = text.split()
+    assert number == "5000"
+    late = drawn_at(page, last) - float(sent_at)
+    tasks = page.evaluate("window.__longTasks")
+    print(
+        f"pushes: drawn {late:.0f} ms after the last left the server,"  # for docs, -s
+        f" longest task {max(tasks, default=0):.0f} ms"
+    )
+    assert late < 1000, late
+    assert max(tasks, default=0) < 200, tasks

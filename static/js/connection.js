@@ -58,15 +58,17 @@ export class Connection {
     this.log.traceStart = null;
     Object.assign(this.stats, { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null });
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const path = options.mode === "room"
-      ? `/ws/broadcast/${options.consumer}/${encodeURIComponent(options.room)}/`
-      : `/ws/echo/${options.consumer}/`;
-    let query = "";
+    const path = {
+      room: `/ws/broadcast/${options.consumer}/${encodeURIComponent(options.room)}/`,
+      test: "/ws/test/",  // options.query: the "Server behaviour" panel's parameters
+    }[options.mode] ?? `/ws/echo/${options.consumer}/`;
+    const behaviour = options.mode === "test" && options.query ? options.query : "";
+    let query = behaviour ? `?${behaviour}` : "";
     if (options.traced) {
       this.set("preparing");
       try {
         this.trace = await this.openTrace(scheme);
-        query = `?trace=${encodeURIComponent(this.trace.token)}`;
+        query += `${query ? "&" : "?"}trace=${encodeURIComponent(this.trace.token)}`;
       } catch (err) {
         this.stopTrace();
         this.fail(`cannot trace: ${err.message}`);
@@ -93,7 +95,8 @@ export class Connection {
     this.pendingCount = 0;
     const offered = options.subprotocols.length ? ` offering ${options.subprotocols.join(", ")}` : " with no subprotocol";
     // The trace token stays out of the log, as it does in the server's scope summary.
-    this.log.add({ kind: "connecting", summary: `${scheme}://${location.host}${path}${query ? "?trace=(token)" : ""}${offered}` });
+    const shown = [behaviour, this.trace ? "trace=(token)" : ""].filter(Boolean).join("&");
+    this.log.add({ kind: "connecting", summary: `${scheme}://${location.host}${path}${shown ? `?${shown}` : ""}${offered}` });
     let opened = false;
     ws.addEventListener("open", () => {
       opened = true;
@@ -101,7 +104,8 @@ export class Connection {
       this.stats.since = new Date();
       this.set("open");
       const where = options.mode === "room" ? ` in room ${options.room}` : "";
-      this.log.add({ kind: "open", summary: `connected to the ${options.consumer} consumer${where}; subprotocol: ${ws.protocol || "(none)"}; extensions: ${ws.extensions || "(none)"}` });
+      const to = options.mode === "test" ? "the test server (/ws/test/)" : `the ${options.consumer} consumer${where}`;
+      this.log.add({ kind: "open", summary: `connected to ${to}; subprotocol: ${ws.protocol || "(none)"}; extensions: ${ws.extensions || "(none)"}` });
     });
     ws.addEventListener("message", (msg) => this.received(msg.data));
     ws.addEventListener("close", async (ev) => {
@@ -151,7 +155,7 @@ export class Connection {
     }
     const size = byteSize(data);
     const entry = this.log.add({ kind: "sent", summary, ...extra });
-    if (this.options.mode === "echo") this.expectEcho(data, entry.id);
+    if (this.options.mode !== "room") this.expectEcho(data, entry.id);  // echo and test echo
     this.socket.send(data);
     this.stats.sentMessages += 1;
     this.stats.sentBytes += size;
@@ -173,7 +177,7 @@ export class Connection {
   // The send an echo answers: the oldest with the same content (the echo keeps order), so a
   // message the server dropped leaves no gap in the pairing of the others.
   matchEcho(data) {
-    if (this.options.mode !== "echo") return null;
+    if (this.options.mode === "room" || !this.pendingCount) return null;
     const key = contentKey(data);
     const list = this.pending.get(key);
     if (!list) return null;
@@ -185,7 +189,7 @@ export class Connection {
 
   received(data) {
     const now = performance.now();
-    this.lastReceivedAt = now;  // read by the browser tests: render time after the last message
+    this.lastReceivedAt = now;  // the script's receipt of the last message, for profiling
     const size = byteSize(data);
     const sent = this.matchEcho(data);
     const rtt = sent ? ` in ${(now - sent.at).toFixed(1)} ms (echo of #${sent.id})` : "";

@@ -1,11 +1,12 @@
 // The page: wires the controls to one Connection and one Log. Everything the page sends is
 // checked first (validate.js); every failure says why, in the log and in the alert line.
 
+import { wireConformance } from "./conformance.js";
 import { Connection } from "./connection.js";
 import { timestamp, utf8Length } from "./format.js";
 import { Log } from "./log.js";
 import { History, Snippets, download, formatJson } from "./tools.js";
-import { binarySizeError, closeError, parseSubprotocols, repeatError, roomError } from "./validate.js";
+import { BEHAVIOURS, behaviourQuery, binarySizeError, closeError, parseSubprotocols, repeatError, roomError } from "./validate.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("client");
@@ -85,13 +86,70 @@ function connect(event) {
     const problem = roomError(room);
     if (problem) return refuse(problem, $("room"));
   }
+  let query = "";
+  if (mode === "test") {
+    const built = checkedBehaviour();
+    if (!built) return;
+    query = built.query;
+  }
   clearError();
   const traced = $("trace").checked;
   $("log").classList.toggle("traced", traced);
   $("columns").hidden = !traced;
   connection.connect({
-    mode, room, consumer: $("consumer").value, subprotocols: list, traced, reconnect: $("reconnect").checked,
+    mode, room, query, consumer: mode === "test" ? "test" : $("consumer").value, subprotocols: list, traced,
+    reconnect: $("reconnect").checked,
   });
+}
+
+// The "Server behaviour" panel: /ws/test/'s parameters, checked with the server's own rules.
+function readBehaviour() {
+  const values = {};
+  for (const { name, kind } of BEHAVIOURS) {
+    const field = $(`b-${name}`);
+    values[name] = kind === "flag" ? field.checked : field.value;
+  }
+  return behaviourQuery(values);
+}
+
+function behaviourUrl(query) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/ws/test/${query ? `?${query}` : ""}`;
+}
+
+function showBehaviourUrl() {
+  const { query, error } = readBehaviour();
+  $("behaviour-url").textContent = error ? `(not usable: ${error})` : behaviourUrl(query);
+  $("behaviour-url").classList.toggle("invalid", Boolean(error));
+}
+
+// The query, or null once the broken rule is shown and its field focused.
+function checkedBehaviour() {
+  const built = readBehaviour();
+  if (!built.error) return built;
+  $("behaviour-details").open = true;
+  refuse(built.error, $(`b-${built.name}`));
+  return null;
+}
+
+async function copyBehaviourUrl() {
+  const built = checkedBehaviour();
+  if (!built) return;
+  const url = behaviourUrl(built.query);
+  try {
+    await navigator.clipboard.writeText(url);
+    clearError();
+    log.add({ kind: "note", summary: `copied ${url}` });
+  } catch (err) {
+    refuse(`cannot copy: ${err.message} (select the URL and copy it instead)`);
+  }
+}
+
+function modeChanged() {
+  const mode = $("mode").value;
+  $("room-label").hidden = mode !== "room";
+  $("consumer-label").hidden = mode === "test";  // /ws/test/ is one (async) consumer
+  if (mode === "test") $("behaviour-details").open = true;
 }
 
 function closeSocket(event) {
@@ -222,7 +280,12 @@ $("copy-log").addEventListener("click", copyLog);
 $("export-log").addEventListener("click", exportLog);
 $("search").addEventListener("input", () => log.setFilter({ text: $("search").value }));
 $("filter").addEventListener("change", () => log.setFilter({ kind: $("filter").value }));
-$("mode").addEventListener("change", () => { $("room-label").hidden = $("mode").value !== "room"; });
+$("mode").addEventListener("change", modeChanged);
+$("behaviour-form").addEventListener("input", () => { showBehaviourUrl(); if ($("mode").value === "test") settingChanged(); });
+$("behaviour-form").addEventListener("submit", (event) => event.preventDefault());
+$("copy-url").addEventListener("click", copyBehaviourUrl);
+showBehaviourUrl();
 for (const id of ["mode", "room", "consumer", "subprotocols", "trace"]) $(id).addEventListener("change", settingChanged);
 $("more-send").open = !phone.matches;  // on a phone the log and the text box come first
 showState("closed");
+wireConformance($("conformance"));  // "Test this browser": the Autobahn client cases
