@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 from django.conf import settings
 
+from app.behaviours import Behaviours, InvalidBehaviour
 from app.handshake import allowed_hosts_origin_validator
 from app.rooms import InvalidRoom, Room
 from app.session import choose_subprotocol
@@ -61,13 +62,14 @@ def explain(
             "origin",
             f"the Origin {origin!r} is not allowed: the server allows {validator.policy.describe()}",
         )
+    path, _, query = path.partition("?")
     route = resolve(websocket_urlpatterns, path)
     if route is None:
         return refused(
             HTTPStatus.NOT_FOUND,
             "route",
             f"no WebSocket route at {path}: the routes are /ws/echo/sync/, /ws/echo/async/,"
-            " /ws/broadcast/sync/ROOM/ and /ws/broadcast/async/ROOM/",
+            " /ws/broadcast/sync/ROOM/, /ws/broadcast/async/ROOM/ and /ws/test/",
         )
     name, kwargs = route
     if "room" in kwargs:
@@ -82,6 +84,11 @@ def explain(
                 "the channel layer (Redis) is unreachable: rooms are refused until it is back;"
                 " echo still works",
             )
+    if name == "test":  # the behaviours asked for in the query (app/behaviours.py)
+        try:
+            Behaviours.from_query(query)
+        except InvalidBehaviour as error:
+            return refused(HTTPStatus.BAD_REQUEST, "behaviour", str(error))
     if name == "trace" and not token_valid(session, kwargs["token"]):
         return refused(
             HTTPStatus.FORBIDDEN,

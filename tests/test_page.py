@@ -63,6 +63,9 @@ def test_plain_http_to_a_websocket_path_is_426_not_500(client, path, caplog):
         ({"path": "/ws/broadcast/sync/a%20b/"}, 400, "room", "may hold only"),
         ({"path": "/ws/echo/async/", "subprotocols": "chat.v9"}, 101, "subprotocol", "echo.v1"),
         ({"path": "/ws/trace/not-a-token/"}, 403, "trace_token", "not issued to this browser"),
+        ({"path": "/ws/test/?fragment=8&push=3"}, 101, "", "accept"),
+        ({"path": "/ws/test/?fragment=0"}, 400, "behaviour", "fragment"),
+        ({"path": "/ws/test/?speed=9"}, 400, "behaviour", "unknown parameter 'speed'"),
     ],
 )
 def test_handshake_check_names_the_rule_that_refuses(client, query, status, rule, says):

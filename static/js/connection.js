@@ -73,7 +73,7 @@ export class Connection {
         this.stopTrace();
         this.fail(`cannot trace: ${err.message}`);
         this.set("closed");
-        await this.explain(path, options.subprotocols);
+        await this.explain(behaviour ? `${path}?${behaviour}` : path, options.subprotocols);
         this.ended(generation);
         return;
       }
@@ -117,7 +117,7 @@ export class Connection {
       if (!opened && !this.closedByPage) {
         this.stopTrace();  // nothing to trace: no connection
         this.fail("the handshake failed (a browser reports only 1006); asking the server why\u2026");
-        await this.explain(path, options.subprotocols);
+        await this.explain(behaviour ? `${path}?${behaviour}` : path, options.subprotocols);
       }
       this.ended(generation);
     });
