@@ -126,6 +126,14 @@ def threads(pid: int) -> int:
     raise RuntimeError(f"no Threads for {pid}")
 
 
+def python_threads(pid: int) -> int:
+    """The process's threads less uvloop's ``libuv-worker`` pool: libuv starts all four of
+    those at once, at the first DNS look-up or file operation, whenever that comes, so they say
+    nothing of what a request holds."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum((task / "comm").read_text().strip() != "libuv-worker" for task in tasks.iterdir())
+
+
 class RssWatch:
     """The server's peak RSS growth, and its peak thread count, over a block, sampled every
     20 ms by a thread."""

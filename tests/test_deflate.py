@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import struct
 import time
@@ -264,13 +265,20 @@ def test_a_compressing_flood_is_closed_1008_at_once_and_the_process_stays_respon
     server.mark()
     with Prober(server.port) as prober:
         outcomes = sustained(lambda: flood(server.port))
-    assert {code for code, _ in outcomes} == {1008}, outcomes
+    # Each attacker is still sending when the server closes it: the server's kernel answers its
+    # next frames with a reset, which can discard the close frame still unread in the attacker's
+    # buffer (no code seen, 1 connection in ~50 here). The server's log says, for every one,
+    # that it closed it for the bound.
+    codes = [code for code, _ in outcomes]
+    assert set(codes) <= {1008, None} and 1008 in codes, outcomes
+    closes = re.findall(
+        r"WARNING app\.server\[\d+\] closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ "
+        r"/ws/echo/async/: compression rate limit",
+        server.log()[server.since :],
+    )
+    assert len(closes) == len(outcomes), (len(closes), outcomes)
     assert max(seconds for _, seconds in outcomes) < 1.0, outcomes
     prober.assert_responsive()
-    server.wait_for_log(
-        r"WARNING app\.server\[\d+\] closing 1008 POLICY_VIOLATION for 127\.0\.0\.1:\d+ "
-        r"/ws/echo/async/: compression rate limit"
-    )
 
 
 @pytest.mark.asyncio

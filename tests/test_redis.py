@@ -274,7 +274,7 @@ def test_with_redis_hung_concurrent_health_checks_answer_degraded_at_once(server
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.attacks import threads
+    from tests.attacks import python_threads
     from tests.redis_server import RedisServer
 
     redis_server = RedisServer().start()  # its own: stopping it must not disturb other tests
@@ -295,12 +295,12 @@ def test_with_redis_hung_concurrent_health_checks_answer_degraded_at_once(server
             deadline = time.monotonic() + 0.8
             while sum(f.done() for f in futures) < 39 and time.monotonic() < deadline:
                 time.sleep(0.01)  # poll interval while the checks answer
-            held = threads(pid), redis_sockets(pid, redis_server.port)
+            held = python_threads(pid), redis_sockets(pid, redis_server.port)
             return [f.result() for f in futures], *held
 
     try:
         assert timed_health()[1]["status"] == "ok"
-        baseline = threads(pid)
+        baseline = python_threads(pid)
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         first, first_threads, first_sockets = burst()
         # Once the PING under way has timed out (1 s), every check says degraded.
