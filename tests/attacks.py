@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -129,9 +130,12 @@ def threads(pid: int) -> int:
 def python_threads(pid: int) -> int:
     """The process's threads less uvloop's ``libuv-worker`` pool: libuv starts all four of
     those at once, at the first DNS look-up or file operation, whenever that comes, so they say
-    nothing of what a request holds."""
-    tasks = Path(f"/proc/{pid}/task")
-    return sum((task / "comm").read_text().strip() != "libuv-worker" for task in tasks.iterdir())
+    nothing of what a request holds. A thread that ends while they are read is not counted."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # the thread ended after the listing
+            count += (task / "comm").read_text().strip() != "libuv-worker"
+    return count
 
 
 class RssWatch:
