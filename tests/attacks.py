@@ -83,6 +83,27 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = F
 TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 
 
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bool, bool, bytes]:
+    """One server frame: (opcode, FIN, RSV1, payload)."""
+    first, second = read_exactly(sock, 2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", read_exactly(sock, 2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", read_exactly(sock, 8))
+    return first & 0x0F, bool(first & 0x80), bool(first & 0x40), read_exactly(sock, length)
+
+
 def read_until_closed(sock: socket.socket, *, timeout: float = 5.0) -> bytes:
     """Everything the server sends until it closes the connection (bounded by ``timeout``)."""
     sock.settimeout(timeout)

@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import re
-import socket
-import struct
 import time
 import zlib
 
@@ -28,6 +26,7 @@ from tests.attacks import (
     close_code,
     frame,
     open_websocket,
+    read_frame,
     read_until_closed,
     sustained,
 )
@@ -52,27 +51,6 @@ def open_with_offer(port: int, offer: str, path: str = "/ws/echo/async/"):
     return sock, {k.lower(): v for k, v in headers.items()}.get("sec-websocket-extensions")
 
 
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
-def read_frame(sock: socket.socket) -> tuple[int, bool, bytes]:
-    """One server frame: (opcode, RSV1, payload)."""
-    first, second = read_exactly(sock, 2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", read_exactly(sock, 2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", read_exactly(sock, 8))
-    return first & 0x0F, bool(first & 0x40), read_exactly(sock, length)
-
-
 def params(extensions: str) -> dict[str, str | None]:
     name, *rest = [part.strip() for part in extensions.split(";")]
     assert name == "permessage-deflate"
@@ -90,13 +68,13 @@ def test_a_browsers_offer_is_accepted_without_context_takeover_and_echoes(server
         assert negotiated["server_max_window_bits"] == "12"
         document = json_payload(4096)
         sock.sendall(frame(TEXT, Deflate.compress(document), rsv1=True))
-        opcode, rsv1, payload = read_frame(sock)
+        opcode, _, rsv1, payload = read_frame(sock)
         assert (opcode, rsv1) == (TEXT, True)
         assert Deflate.inflate(payload, 12) == document
         assert len(payload) < len(document) / 4  # JSON shrinks to about a sixth
         # A message sent uncompressed in a deflate session (RFC 7692 allows it) is echoed too.
         sock.sendall(frame(TEXT, b"plain", rsv1=False))
-        opcode, rsv1, payload = read_frame(sock)
+        opcode, _, rsv1, payload = read_frame(sock)
         assert Deflate.inflate(payload) == b"plain" if rsv1 else payload == b"plain"
 
 
@@ -135,7 +113,7 @@ def test_each_negotiation_parameter_is_honoured(server, offer, expected):
         client_bits = int(negotiated.get("client_max_window_bits") or 15)
         document = json_payload(8192)
         sock.sendall(frame(TEXT, Deflate.compress(document, client_bits), rsv1=True))
-        _, rsv1, payload = read_frame(sock)
+        _, _, rsv1, payload = read_frame(sock)
         assert rsv1 and Deflate.inflate(payload, server_bits) == document
 
 
@@ -151,7 +129,7 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
     sock, _ = open_with_offer(server.port, CHROMIUM)
     with sock:
         sock.sendall(frame(TEXT, Deflate.compress(b'{"n":1}'), rsv1=True))
-        _, rsv1, payload = read_frame(sock)
+        _, _, rsv1, payload = read_frame(sock)
         assert rsv1 and payload == b"\x00\x07\x00\xf8\xff" + b'{"n":1}' + b"\x00"
 
         kinds = []
@@ -161,7 +139,7 @@ def test_small_messages_go_stored_and_incompressible_ones_mostly_stored(server):
             # once: outgoing.py).
             noise = bytes(byte % 120 for byte in os.urandom(8192))
             sock.sendall(frame(BINARY, Deflate.compress(noise), rsv1=True))
-            _, rsv1, payload = read_frame(sock)
+            _, _, rsv1, payload = read_frame(sock)
             assert rsv1 and Deflate.inflate(payload, 12) == noise
             stored = payload[:1] == b"\x00" and len(payload) == len(noise) + 6
             kinds.append("stored" if stored else "deflated")
@@ -178,7 +156,7 @@ def test_a_compressed_text_frame_arriving_in_pieces_is_not_checked_as_utf8(serve
         for start in range(0, len(wire), 1000):
             sock.sendall(wire[start : start + 1000])
             time.sleep(0.001)  # the attacker's pace: the server reads each piece apart
-        _, _, payload = read_frame(sock)
+        _, _, _, payload = read_frame(sock)
         assert Deflate.inflate(payload, 12) == document
 
 
@@ -209,7 +187,7 @@ def test_deflate_turned_off_by_its_setting_is_not_negotiated(server_env):
         with sock:
             assert extensions is None
             sock.sendall(frame(TEXT, b"hello", rsv1=False))
-            assert read_frame(sock) == (TEXT, False, b"hello")
+            assert read_frame(sock) == (TEXT, True, False, b"hello")
 
 
 def test_context_takeover_by_its_setting_keeps_one_stream_each_way(server_env):
@@ -229,7 +207,7 @@ def test_context_takeover_by_its_setting_keeps_one_stream_each_way(server_env):
                         rsv1=True,
                     )
                 )
-                _, rsv1, payload = read_frame(sock)
+                _, _, rsv1, payload = read_frame(sock)
                 assert rsv1
                 assert decoder.decompress(payload + b"\x00\x00\xff\xff") == message
 
@@ -320,7 +298,7 @@ def test_the_inflate_bound_turned_off_by_its_setting(server_env):
         with sock:
             for _ in range(200):
                 sock.sendall(DENSE)
-                opcode, _, payload = read_frame(sock)
+                opcode, _, _, payload = read_frame(sock)
                 assert opcode == BINARY
                 assert Deflate.inflate(payload, wbits=12) == bytes(256 * 1024)
 

@@ -20,34 +20,22 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.behaviours import PUSH_TOTAL_BYTES, Behaviours
 from tests import attacks
-from tests.attacks import BINARY, CLOSE, CONT, PING, TEXT, frame, open_websocket
+from tests.attacks import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    TEXT,
+    frame,
+    open_websocket,
+    read_frame,
+)
 from tests.compat import BEHAVIOUR
 
 pytestmark = pytest.mark.server
 
 PONG = 0xA
 DEFLATE = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
-
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-def read_frame(sock: socket.socket) -> tuple[int, bool, bool, bytes]:
-    """One server frame: (opcode, FIN, RSV1, payload)."""
-    first, second = read_exactly(sock, 2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", read_exactly(sock, 2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", read_exactly(sock, 8))
-    return first & 0x0F, bool(first & 0x80), bool(first & 0x40), read_exactly(sock, length)
 
 
 def inflate(payload: bytes) -> bytes:
