@@ -22,8 +22,9 @@ from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
 from app.protocol import ConnectionState, Message, Scope
-from app.rooms import Gaps, InvalidRoom, Publisher, Room, forward
-from app.session import Session
+from app.room_log import ROOMS_V1, Gap, InvalidSince, Member, Since, new_member_id, parse_since
+from app.rooms import InvalidRoom, Room
+from app.session import Session, choose_subprotocol
 from app.tracing import listeners, token_valid, trace_group
 
 
@@ -68,36 +69,47 @@ class EchoAsyncConsumer(LeanAsyncConsumer):
 
 
 class BroadcastSyncConsumer(LeanSyncConsumer):
-    """A room member in blocking code: what it receives goes to the whole room, itself included."""
+    """A room member in blocking code: what it receives goes to the whole room, itself included.
 
+    A client that offers ``rooms.v1`` gets JSON frames with offsets and can resume
+    (docs/rooms.md); the room's engine is the ``rooms`` channel layer (app/room_engine.py).
+    """
+
+    channel_layer_alias = "rooms"
     uses_database = False
     traceable = True
     room_member = True
 
     def websocket_connect(self, event: Message) -> None:
-        self.session = Session.from_settings(self.scope, consumer="sync")
+        self.session = Session.from_settings(self.scope, consumer="sync", subprotocols=[ROOMS_V1])
         try:
-            self.room = Room.from_scope(self.scope)
-            async_to_sync(self.channel_layer.group_add)(self.room.group, self.channel_name)
-            self.publisher, self.gaps = Publisher(self.channel_name), Gaps()
-        except (InvalidRoom, *LAYER_ERRORS) as error:
+            self.room, self.member, since = join_request(self.scope, self.session)
+            joined = async_to_sync(self.channel_layer.join)(
+                self.room.name, self.channel_name, since
+            )
+        except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 self.send(message)
             raise StopConsumer() from None
-        self.send(self.session.accept())
+        for message in [self.session.accept(), *self.member.joined(joined)]:
+            self.send(message)
 
     def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)  # the echo, a close, or None
         if reply and reply["type"] == "websocket.send":
-            # To the room instead, numbered; a close if that fails.
-            reply = self.publish(self.publisher.event(reply))
+            reply = self.publish(reply)  # to the room instead; a close if that fails
         if reply:
             self.send(reply)
 
     def room_message(self, event: Message) -> None:
-        lost = self.gaps.lost(event)
-        if self.session.state is ConnectionState.OPEN and lost != Gaps.DUPLICATE:
-            self.send(self.session.fell_behind(lost) if lost else forward(event))
+        if self.session.state is ConnectionState.OPEN:
+            sends = self.member.take(event)
+            for message in self.mend(sends) if isinstance(sends, Gap) else sends:
+                self.send(message)
+
+    def room_lost(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            self.send(self.session.room_lost(event["reason"]))
 
     def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
@@ -105,54 +117,70 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
 
     def layer_dropped(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
-            self.send(self.session.fell_behind(event["count"]))
+            for message in self.mend(Gap(self.member.last, None)):
+                self.send(message)
 
     def websocket_disconnect(self, event: Message) -> None:
         self.session.disconnected(event)
-        if hasattr(self, "room"):
+        if hasattr(self, "member"):
             with contextlib.suppress(*LAYER_ERRORS):
-                async_to_sync(self.channel_layer.group_discard)(self.room.group, self.channel_name)
+                async_to_sync(self.channel_layer.leave)(self.room.name, self.channel_name)
         raise StopConsumer()
 
-    def publish(self, event: Message) -> Message | None:
+    def publish(self, message: Message) -> Message | None:
         try:
-            async_to_sync(self.channel_layer.group_send)(self.room.group, event)
+            async_to_sync(self.channel_layer.publish)(self.room.name, self.member.id, message)
         except LAYER_ERRORS as error:
             metrics.layer_errors.labels("group_send").inc()
             return self.session.layer_lost(error)
         return None
 
+    def mend(self, gap: Gap) -> list[Message]:
+        """The messages the member missed, from the room's history, or its close."""
+        upto = mend_upto(self.channel_layer, self.room, gap)
+        try:
+            kept = async_to_sync(self.channel_layer.history)(self.room.name, gap.after, upto)
+        except LAYER_ERRORS:
+            kept = None
+        return mended(self.session, self.member, gap, kept, upto)
+
 
 class BroadcastAsyncConsumer(LeanAsyncConsumer):
     """The same room member as coroutines."""
 
+    channel_layer_alias = "rooms"
     uses_database = False
     traceable = True
     room_member = True
 
     async def websocket_connect(self, event: Message) -> None:
-        self.session = Session.from_settings(self.scope, consumer="async")
+        self.session = Session.from_settings(self.scope, consumer="async", subprotocols=[ROOMS_V1])
         try:
-            self.room = Room.from_scope(self.scope)
-            await self.channel_layer.group_add(self.room.group, self.channel_name)
-            self.publisher, self.gaps = Publisher(self.channel_name), Gaps()
-        except (InvalidRoom, *LAYER_ERRORS) as error:
+            self.room, self.member, since = join_request(self.scope, self.session)
+            joined = await self.channel_layer.join(self.room.name, self.channel_name, since)
+        except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 await self.send(message)
             raise StopConsumer() from None
-        await self.send(self.session.accept())
+        for message in [self.session.accept(), *self.member.joined(joined)]:
+            await self.send(message)
 
     async def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)
         if reply and reply["type"] == "websocket.send":
-            reply = await self.publish(self.publisher.event(reply))
+            reply = await self.publish(reply)
         if reply:
             await self.send(reply)
 
     async def room_message(self, event: Message) -> None:
-        lost = self.gaps.lost(event)
-        if self.session.state is ConnectionState.OPEN and lost != Gaps.DUPLICATE:
-            await self.send(self.session.fell_behind(lost) if lost else forward(event))
+        if self.session.state is ConnectionState.OPEN:
+            sends = self.member.take(event)
+            for message in await self.mend(sends) if isinstance(sends, Gap) else sends:
+                await self.send(message)
+
+    async def room_lost(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN:
+            await self.send(self.session.room_lost(event["reason"]))
 
     async def layer_unavailable(self, event: Message) -> None:
         if close := self.session.layer_lost(event["error"]):
@@ -160,22 +188,31 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
 
     async def layer_dropped(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
-            await self.send(self.session.fell_behind(event["count"]))
+            for message in await self.mend(Gap(self.member.last, None)):
+                await self.send(message)
 
     async def websocket_disconnect(self, event: Message) -> None:
         self.session.disconnected(event)
-        if hasattr(self, "room"):
+        if hasattr(self, "member"):
             with contextlib.suppress(*LAYER_ERRORS):
-                await self.channel_layer.group_discard(self.room.group, self.channel_name)
+                await self.channel_layer.leave(self.room.name, self.channel_name)
         raise StopConsumer()
 
-    async def publish(self, event: Message) -> Message | None:
+    async def publish(self, message: Message) -> Message | None:
         try:
-            await self.channel_layer.group_send(self.room.group, event)
+            await self.channel_layer.publish(self.room.name, self.member.id, message)
         except LAYER_ERRORS as error:
             metrics.layer_errors.labels("group_send").inc()
             return self.session.layer_lost(error)
         return None
+
+    async def mend(self, gap: Gap) -> list[Message]:
+        upto = mend_upto(self.channel_layer, self.room, gap)
+        try:
+            kept = await self.channel_layer.history(self.room.name, gap.after, upto)
+        except LAYER_ERRORS:
+            kept = None
+        return mended(self.session, self.member, gap, kept, upto)
 
 
 class TraceConsumer(LeanAsyncConsumer):
@@ -223,9 +260,36 @@ class TraceConsumer(LeanAsyncConsumer):
         raise StopConsumer()
 
 
+def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None]:
+    """The room a handshake asks for, its member, and where a ``rooms.v1`` member resumes;
+    raises ``InvalidRoom`` or ``InvalidSince`` (a malformed ``since`` is refused either way)."""
+    room = Room.from_scope(scope)
+    since = parse_since(scope.get("query_string", b""))
+    offered = scope.get("subprotocols") or ()
+    v1 = choose_subprotocol(offered, session.supported_subprotocols) == ROOMS_V1
+    return room, Member(room.name, new_member_id(), v1), since if v1 else None
+
+
+def mend_upto(layer, room: Room, gap: Gap) -> int:
+    """The last offset a gap's mending reaches: just before the message that revealed it, or
+    the room's last here (drops revealed after the fact)."""
+    return gap.then["offset"] - 1 if gap.then is not None else layer.last_offset(room.name)
+
+
+def mended(
+    session: Session, member: Member, gap: Gap, kept: list[Message] | None, upto: int
+) -> list[Message]:
+    """The sends that fill ``gap`` from ``kept``, or the close when the history lost them."""
+    sends = member.mend(gap, kept, upto)
+    return [session.fell_behind(sends)] if isinstance(sends, int) else sends
+
+
 def room_refusal(scope: Scope, error: Exception) -> list[Message]:
-    """The handshake refusal for a bad room name (400) or an unreachable channel layer (503)."""
+    """The handshake refusal for a bad room name or ``since`` (400) or an unreachable channel
+    layer (503)."""
     if isinstance(error, InvalidRoom):
+        return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
+    if isinstance(error, InvalidSince):
         return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
     metrics.layer_errors.labels("group_add").inc()
     why = f"channel layer unavailable: {error}"

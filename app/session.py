@@ -139,11 +139,15 @@ class Session:
         self.log = connection_logger(self.scope, self.consumer)
 
     @classmethod
-    def from_settings(cls, scope: Scope, consumer: str) -> Session:
+    def from_settings(
+        cls, scope: Scope, consumer: str, *, subprotocols: Sequence[str] = ()
+    ) -> Session:
+        """The session under the settings' limits; ``subprotocols`` (e.g. ``rooms.v1``) are
+        supported before the echo's (``ECHO_SUBPROTOCOLS``)."""
         return cls(
             consumer=consumer,
             scope=scope,
-            supported_subprotocols=settings.ECHO_SUBPROTOCOLS,
+            supported_subprotocols=[*subprotocols, *settings.ECHO_SUBPROTOCOLS],
             max_message_bytes=settings.ECHO_MAX_MESSAGE_BYTES,
             rate_limit=TokenBucket(settings.WEBSOCKET_RATE_LIMIT, settings.WEBSOCKET_RATE_BURST)
             if settings.WEBSOCKET_RATE_LIMIT > 0
@@ -215,13 +219,16 @@ class Session:
         )
 
     def fell_behind(self, lost: int) -> Message:
-        """The close for a room member whose layer dropped ``lost`` messages meant for it."""
+        """The close for a room member that missed ``lost`` messages the history no longer
+        holds: it resumes (``rooms.v1``) and is told it did not recover them."""
         metrics.room_messages_lost.inc(lost)
-        return self.close(
-            CloseCode.TRY_AGAIN_LATER,
-            f"fell behind: {lost} room message(s) lost, reconnect",
-            level=logging.WARNING,
+        return self.room_lost(
+            f"fell behind past the room's history: {lost} message(s) lost, resume"
         )
+
+    def room_lost(self, reason: str) -> Message:
+        """The close (1013) for a room member that cannot be given every message in order."""
+        return self.close(CloseCode.TRY_AGAIN_LATER, reason, level=logging.WARNING)
 
     def disconnected(self, event: Message) -> None:
         """Record ``websocket.disconnect``: the code (and reason, on servers that pass one)."""

@@ -64,6 +64,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     if is_loopback(request.META.get("REMOTE_ADDR", "")):
         answer["websocket_connections"] = live.count
         answer["channel_layer"] = {"backend": type(layer).__name__, "reachable": reachable}
+        answer["rooms"] = get_channel_layer("rooms").describe()  # the engine (docs/rooms.md)
     return JsonResponse(answer)
 
 

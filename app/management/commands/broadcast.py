@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
 from app import protocol
 from app.layers import LAYER_ERRORS, error_text
-from app.rooms import InvalidRoom, Publisher, Room
+from app.room_engine import RedisRooms
+from app.room_log import BROADCAST_SENDER
+from app.rooms import InvalidRoom, Room
 
 
 class Command(BaseCommand):
@@ -25,15 +25,15 @@ class Command(BaseCommand):
             target = Room.named(room)
         except InvalidRoom as error:
             raise CommandError(str(error)) from None
-        layer = get_channel_layer()
-        if layer is None or isinstance(layer, InMemoryChannelLayer):
+        layer = get_channel_layer("rooms")
+        if not isinstance(layer, RedisRooms):
             raise CommandError(
-                "neither REDIS_URL nor REDIS_SENTINELS is set: the in-memory channel layer lives inside each server process, "
-                "so a command cannot reach it"
+                "ROOM_ENGINE is memory (neither REDIS_URL nor REDIS_SENTINELS is set): each "
+                "server process keeps its rooms to itself, so a command cannot reach them"
             )
         try:
-            event = Publisher(f"broadcast-{uuid.uuid4().hex}").event(protocol.send_text(message))
-            async_to_sync(layer.group_send)(target.group, event)
+            # Through the engine: the message gets the room's next offset and is kept.
+            async_to_sync(layer.publish)(target.name, BROADCAST_SENDER, protocol.send_text(message))
         except LAYER_ERRORS as error:
             raise CommandError(f"channel layer unavailable: {error_text(error)}") from None
         self.stdout.write(f"sent {len(message.encode())} bytes to room {target.name}")

@@ -1,0 +1,560 @@
+"""Room engines: what orders a room's messages, keeps its history and fans it out to members.
+
+A room member's channel layer (the ``rooms`` alias of ``CHANNEL_LAYERS``) is one of these. Its
+members' queues live in the process, bounded like ``BoundedInMemoryChannelLayer``'s; what differs
+is where a room's order and history live:
+
+- ``MemoryRooms``: in the process. One process only; a restart starts a new epoch.
+- ``RedisRooms``: in Redis, so across processes. One Lua script per message appends it to the
+  room's stream (its history), trims the stream and PUBLISHes it: one publish per room message,
+  not one write per member (channels-redis ``core``'s cost, docs/channel-layers.md). Each process
+  subscribes once to each room it has members in, and hands each message to its members.
+
+Either way a member gets a ``room.message`` event through Channels' handler dispatch, with the
+room's offset; the consumer (``app.room_log.Member``) mends a gap from ``history`` or closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio
+import redis.asyncio.sentinel
+from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry
+
+from app.layers import LAYER_ERRORS, BoundedInMemoryChannelLayer, ChannelQueue, error_text
+from app.logs import Throttled
+from app.protocol import Message
+from app.room_log import (
+    History,
+    HistoryLimits,
+    Joined,
+    Since,
+    new_epoch,
+    payload,
+    room_event,
+)
+
+logger = logging.getLogger("app.rooms")
+
+
+@dataclass
+class RoomState:
+    """A room as this process sees it: its epoch, its history (or the recent part of it), and
+    the channels of its members here."""
+
+    epoch: str
+    history: History
+    members: set[str] = field(default_factory=set)
+    ready: asyncio.Future | None = None  # RedisRooms: set once subscribed and positioned
+    early: list[tuple[str, int, str]] = field(default_factory=list)  # arrived before ready
+
+
+def limits_from_settings() -> HistoryLimits:
+    return HistoryLimits(
+        size=settings.ROOM_HISTORY_SIZE,
+        ttl=settings.ROOM_HISTORY_TTL,
+        max_bytes=settings.ROOM_HISTORY_BYTES,
+    )
+
+
+class Rooms(BoundedInMemoryChannelLayer):
+    """What both engines share: members' queues in the process, delivery, and resume."""
+
+    engine = ""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.limits = limits_from_settings()
+        self.rooms: dict[str, RoomState] = {}
+
+    # --- what a consumer calls ------------------------------------------------------------
+
+    async def join(self, room: str, channel: str, since: Since | None) -> Joined:
+        """Add ``channel`` to ``room``: live delivery starts after the welcome's offset, or
+        after ``since`` when the history holds everything after it (``replay``)."""
+        state = await self.open(room)
+        state.members.add(channel)  # no await since open(): nothing delivered in between
+        try:
+            return await self.resume(room, state, since)
+        except BaseException:
+            state.members.discard(channel)
+            raise
+
+    async def resume(self, room: str, state: RoomState, since: Since | None) -> Joined:
+        """Where a new member starts: the welcome's offset, and what it missed since ``since``."""
+        epoch, last = state.epoch, state.history.last
+        if since is None:
+            return Joined(epoch, last, None, [], last)
+        if since.epoch == epoch:
+            if since.offset >= last:
+                if since.offset == last or since.offset <= await self.room_last(room, state):
+                    return Joined(epoch, since.offset, True, [], since.offset)
+            else:
+                kept = await self.history(room, since.offset, last)
+                if kept is not None:
+                    return Joined(epoch, last, True, kept, last)
+        return Joined(epoch, last, False, [], last)
+
+    async def leave(self, room: str, channel: str) -> None:
+        state = self.rooms.get(room)
+        if state is not None:
+            state.members.discard(channel)
+            if not state.members:
+                await self.emptied(room, state)
+
+    async def publish(self, room: str, sender: str, message: Message) -> None:
+        """Send a ``websocket.send``-shaped message (text or bytes) to the room."""
+        raise NotImplementedError
+
+    async def history(self, room: str, after: int, upto: int | None = None) -> list[Message] | None:
+        """The room's messages after ``after`` up to ``upto`` (default: the last this process
+        has delivered), or None when the history no longer holds all of them."""
+        state = self.rooms.get(room)
+        if state is None:
+            return None
+        return state.history.after(after, upto)
+
+    def last_offset(self, room: str) -> int:
+        """The last offset this process has delivered in ``room`` (0: none)."""
+        state = self.rooms.get(room)
+        return state.history.last if state is not None else 0
+
+    # --- what the engines share -----------------------------------------------------------
+
+    async def open(self, room: str) -> RoomState:
+        raise NotImplementedError
+
+    async def emptied(self, room: str, state: RoomState) -> None:
+        """The room has no member left in this process."""
+
+    async def room_last(self, room: str, state: RoomState) -> int:
+        """The room's last offset wherever it is kept (a process may lag Redis)."""
+        return state.history.last
+
+    def deliver(self, state: RoomState, event: Message) -> None:
+        """Keep ``event`` and queue it for every member here (dropped, counted and logged for
+        a full queue: the member mends the gap from the history)."""
+        state.history.append(event)
+        if state.members:
+            size, now = event_size(event), time.time()
+            for channel in list(state.members):
+                self._put(channel, event, dict, size, now)
+
+    def tell(self, channels: Iterable[str], event: Message) -> None:
+        """Queue ``event`` for each channel past its bounds: a close the member must get."""
+        for channel in channels:
+            queue = self.channels.get(channel)
+            if queue is None:
+                queue = self.channels[channel] = ChannelQueue(self.get_capacity(channel))
+            queue.put((math.inf, 0, dict(event)))
+
+    def lose(self, room: str, state: RoomState, reason: str) -> None:
+        """The room's order or history is gone for this process: close every member here
+        (each resumes), and forget the room."""
+        self.tell(state.members, {"type": "room.lost", "reason": reason})
+        forget(self.rooms, room, state)
+
+    def describe(self) -> dict:
+        """For ``/healthz``: the engine and what this process holds."""
+        return {
+            "engine": self.engine,
+            "rooms": len(self.rooms),
+            "history": {
+                "size": self.limits.size,
+                "ttl": self.limits.ttl,
+                "bytes": self.limits.max_bytes,
+            },
+        }
+
+
+def forget(rooms: dict[str, RoomState], room: str, state: RoomState) -> None:
+    """Forget a room whose members were told to go; joins waiting on it start again."""
+    state.members.clear()
+    if rooms.get(room) is state:
+        del rooms[room]
+    if state.ready is not None and not state.ready.done():
+        state.ready.set_result(None)
+
+
+def event_size(event: Message) -> int:
+    """What a queued room event holds: its frame and its body, plus the queue's overhead."""
+    body = event.get("text") if event.get("text") is not None else event.get("bytes") or b""
+    return 200 + len(event["envelope"]) + len(body)
+
+
+class MemoryRooms(Rooms):
+    """Rooms in one process: the process numbers each room's messages and keeps its history.
+
+    A room with no member is kept while its history is (``ROOM_HISTORY_TTL``), so a member that
+    was the last to leave can come back to it; a restart starts every room on a new epoch.
+    """
+
+    engine = "memory"
+
+    async def open(self, room: str) -> RoomState:
+        state = self.rooms.get(room)
+        if state is None:
+            state = self.rooms[room] = RoomState(new_epoch(), History(self.limits))
+        return state
+
+    async def emptied(self, room: str, state: RoomState) -> None:
+        if not state.history.entries and self.rooms.get(room) is state:
+            del self.rooms[room]  # nothing to come back to
+
+    async def publish(self, room: str, sender: str, message: Message) -> None:
+        state = await self.open(room)
+        self.deliver(state, room_event(state.history.last + 1, payload(sender, message)))
+
+    def _sweep(self) -> None:
+        due = time.monotonic() >= self.next_sweep
+        super()._sweep()
+        if due:
+            for room, state in list(self.rooms.items()):
+                state.history.sweep()
+                if not state.members and not state.history.entries:
+                    del self.rooms[room]
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+#: KEYS: meta, log. ARGV: pubsub channel, an epoch for a new room, payload, size, bytes, TTL,
+#: meta TTL. The room's epoch is made here if Redis has none (a new room, or a Redis that lost
+#: it), with an empty log; the offset is the meta's ``o`` plus one; the log holds ``p``ayload
+#: and ``t``ime, trimmed to the size and bytes; then the PUBLISH. One script: a message is in
+#: the history before any member can see it, and offsets are consecutive.
+PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'b', 0)
+  redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local size, max_bytes, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if size > 0 and max_bytes > 0 and ttl > 0 then
+  if redis.call('XLEN', KEYS[2]) == 0 then redis.call('HSET', KEYS[1], 'b', 0) end
+  redis.call('XADD', KEYS[2], offset .. '-0', 't', redis.call('TIME')[1], 'p', ARGV[3])
+  local held = redis.call('HINCRBY', KEYS[1], 'b', #ARGV[3])
+  local n = redis.call('XLEN', KEYS[2])
+  while n > size or (held > max_bytes and n > 1) do
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', KEYS[2], first[1])
+    held = redis.call('HINCRBY', KEYS[1], 'b', -#first[2][4])
+    n = n - 1
+  end
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. ARGV[3])
+return {epoch, offset}
+"""
+
+#: KEYS: meta, log. ARGV: an epoch for a new room, meta TTL. The room's epoch and last offset.
+POSITION = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'b', 0)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {epoch, redis.call('HGET', KEYS[1], 'o') or 0}
+"""
+
+#: How long a room's epoch and offset outlive its last message: a week. Past it, the room
+#: starts again on a new epoch (its history, ``ROOM_HISTORY_TTL``, went long before).
+META_TTL = 7 * 24 * 3600
+
+
+def keys(room: str) -> tuple[str, str, str]:
+    """The room's meta hash, log stream and pubsub channel: one hash tag, so one shard."""
+    return f"rooms:{{{room}}}:meta", f"rooms:{{{room}}}:log", f"rooms:{{{room}}}"
+
+
+class Shard:
+    """One Redis (of ``REDIS_URL``'s shards, or Sentinel's master): its client, and this
+    process's one subscription to it, read by one task."""
+
+    def __init__(self, rooms: RedisRooms, client: redis.asyncio.Redis, subscriber) -> None:
+        self.rooms, self.client, self.subscriber = rooms, client, subscriber
+        self.publish_script = client.register_script(PUBLISH)
+        self.position_script = client.register_script(POSITION)
+        self.pubsub = None
+        self.reader: asyncio.Task | None = None
+        self.confirmed: dict[bytes, asyncio.Future] = {}
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe, and return once Redis has confirmed it: from then on every message
+        published to ``channel`` reaches this process."""
+        confirmed = asyncio.get_running_loop().create_future()
+        self.confirmed[channel.encode()] = confirmed
+        if self.pubsub is None:
+            self.pubsub = self.subscriber.pubsub()
+        await self.pubsub.subscribe(channel)
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.create_task(self.read(self.pubsub))
+        await asyncio.wait_for(confirmed, settings.ROOM_REDIS_TIMEOUT)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self.pubsub is not None:
+            await self.pubsub.unsubscribe(channel)
+
+    async def read(self, pubsub) -> None:
+        """Hand each message to the rooms; when the subscription fails, every member of every
+        room on this shard is told (1013) and the next join subscribes again."""
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "message":
+                    self.rooms.arrived(message["channel"], message["data"])
+                elif kind == "subscribe":
+                    confirmed = self.confirmed.pop(message["channel"], None)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # any failure of the connection
+            self.failed(pubsub, error)
+
+    def failed(self, pubsub, error: BaseException) -> None:
+        if self.pubsub is pubsub:
+            self.pubsub, self.reader = None, None
+        for confirmed in self.confirmed.values():
+            if not confirmed.done():
+                confirmed.set_exception(ConnectionError(error_text(error)))
+                confirmed.exception()  # retrieved: the joiner sees its own timeout or error
+        self.confirmed.clear()
+        self.rooms.shard_failed(self, error)
+        asyncio.get_running_loop().create_task(close_quietly(pubsub))
+
+
+async def close_quietly(pubsub) -> None:
+    with contextlib.suppress(Exception):  # it failed already; this only frees the socket
+        await pubsub.aclose()
+
+
+class RedisRooms(Rooms):
+    """Rooms across processes, ordered and kept by Redis (module docstring)."""
+
+    engine = "redis"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shards: list[Shard] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.channel_rooms: dict[bytes, str] = {}
+        self.failures = Throttled(logger)
+
+    def shard(self, room: str) -> Shard:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # clients belong to one event loop (tests run several)
+            self.loop, self.rooms, self.channel_rooms = loop, {}, {}
+            self.shards = [Shard(self, *pair) for pair in redis_clients()]
+        return self.shards[zlib.crc32(room.encode()) % len(self.shards)]
+
+    async def open(self, room: str) -> RoomState:
+        """The room, subscribed to and positioned (its epoch and last offset read after the
+        subscription began, so nothing falls between them); joins of one room share this."""
+        state = self.rooms.get(room)
+        if state is not None and state.ready is not None:
+            await asyncio.shield(state.ready)
+            if self.rooms.get(room) is state:
+                return state
+            return await self.open(room)  # lost while this join waited: start again
+        shard = self.shard(room)
+        meta, log, channel = keys(room)
+        state = self.rooms[room] = RoomState("", History(self.limits))
+        state.ready = asyncio.get_running_loop().create_future()
+        self.channel_rooms[channel.encode()] = room
+        try:
+            await shard.subscribe(channel)
+            epoch, last = await shard.position_script(
+                keys=[meta, log], args=[new_epoch(), META_TTL]
+            )
+        except BaseException as error:
+            if self.rooms.get(room) is state:
+                del self.rooms[room]
+            state.ready.set_exception(error if isinstance(error, Exception) else ConnectionError())
+            state.ready.exception()
+            raise
+        state.epoch, state.history.last = epoch.decode(), int(last)
+        early, state.early = state.early, []
+        for item in early:
+            self.position(room, state, *item)
+        state.ready.set_result(None)
+        return state
+
+    async def emptied(self, room: str, state: RoomState) -> None:
+        if self.rooms.get(room) is state and (state.ready is None or state.ready.done()):
+            del self.rooms[room]
+            channel = keys(room)[2]
+            self.channel_rooms.pop(channel.encode(), None)
+            with contextlib.suppress(*LAYER_ERRORS):  # failed: the reader has told everyone
+                await self.shard(room).unsubscribe(channel)
+
+    async def publish(self, room: str, sender: str, message: Message) -> None:
+        meta, log, channel = keys(room)
+        limits = self.limits
+        await self.shard(room).publish_script(
+            keys=[meta, log],
+            args=[
+                channel,
+                new_epoch(),
+                payload(sender, message),
+                limits.size,
+                limits.max_bytes,
+                math.ceil(limits.ttl),
+                META_TTL,
+            ],
+        )
+
+    async def history(self, room: str, after: int, upto: int | None = None) -> list[Message] | None:
+        """What this process kept, else the room's stream in Redis."""
+        state = self.rooms.get(room)
+        if state is None:
+            return None
+        upto = state.history.last if upto is None else upto
+        kept = state.history.after(after, upto)
+        if kept is not None or not self.limits.on or after >= upto:
+            return kept
+        return await self.stream(room, after, upto)
+
+    async def stream(self, room: str, after: int, upto: int) -> list[Message] | None:
+        log = keys(room)[1]
+        entries = await self.shard(room).client.xrange(log, f"{after + 1}-0", f"{upto}-0")
+        oldest = time.time() - self.limits.ttl
+        if len(entries) != upto - after:
+            return None
+        events = []
+        for number, (entry_id, fields) in enumerate(entries, start=after + 1):
+            if int(entry_id.split(b"-")[0]) != number or int(fields[b"t"]) < oldest:
+                return None
+            events.append(room_event(number, fields[b"p"].decode()))
+        return events
+
+    async def room_last(self, room: str, state: RoomState) -> int:
+        meta = keys(room)[0]
+        epoch, last = await self.shard(room).client.hmget(meta, "e", "o")
+        if epoch is None or epoch.decode() != state.epoch:
+            return state.history.last
+        return int(last or 0)
+
+    def arrived(self, channel: bytes, data: bytes) -> None:
+        """A message from the subscription: ``epoch:offset:payload``."""
+        room = self.channel_rooms.get(channel)
+        state = self.rooms.get(room) if room is not None else None
+        if state is None:
+            return  # unsubscribed since
+        epoch, offset, published = data.decode().split(":", 2)
+        if state.ready is not None and not state.ready.done():
+            state.early.append((epoch, int(offset), published))
+            return
+        self.position(room, state, epoch, int(offset), published)
+
+    def position(
+        self, room: str, state: RoomState, epoch: str, offset: int, published: str
+    ) -> None:
+        """Deliver a message in offset order: skip one had already, mend a gap from the stream,
+        and close every member here when the room's epoch changed under them."""
+        if epoch != state.epoch:
+            self.failures.warning(
+                "room %s: history lost (epoch %s, now %s): its members here are closed",
+                room,
+                state.epoch,
+                epoch,
+            )
+            self.lose(room, state, "room history lost, resume")
+            return
+        last = state.history.last
+        if offset <= last:
+            return
+        if offset > last + 1:  # held, with what follows, until mended; joins wait too
+            if state.ready is None or state.ready.done():
+                state.ready = asyncio.get_running_loop().create_future()
+            state.early.append((epoch, offset, published))
+            asyncio.get_running_loop().create_task(self.mend(room, state))
+            return
+        self.deliver(state, room_event(offset, published))
+
+    async def mend(self, room: str, state: RoomState) -> None:
+        """Messages after the last one here never reached this process (a subscription that
+        lived through a failover): from the stream, else every member here is closed."""
+        last, offset = state.history.last, state.early[0][1]
+        try:
+            kept = await self.stream(room, last, offset - 1)
+        except LAYER_ERRORS:
+            kept = None
+        if kept is None:
+            lost = offset - 1 - last
+            self.failures.warning("room %s: %d message(s) missed, not in the history", room, lost)
+            self.lose(
+                room, state, f"fell behind past the room's history: {lost} message(s) lost, resume"
+            )
+        else:
+            for event in kept:
+                self.deliver(state, event)
+            early, state.early = state.early, []
+            for item in early:
+                if state.early:  # a second gap: held again
+                    state.early.append(item)
+                else:
+                    self.position(room, state, *item)
+        if state.ready is not None and not state.ready.done() and not state.early:
+            state.ready.set_result(None)
+
+    def shard_failed(self, shard: Shard, error: BaseException) -> None:
+        self.failures.warning(
+            "Redis subscription failed: %s; room members closed", error_text(error)
+        )
+        for room, state in list(self.rooms.items()):
+            if self.shards and self.shard(room) is shard:
+                self.tell(state.members, {"type": "layer.unavailable", "error": error_text(error)})
+                forget(self.rooms, room, state)
+                self.channel_rooms.pop(keys(room)[2].encode(), None)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "shards": max(1, len(settings.REDIS_URLS))}
+
+
+def redis_clients() -> list[tuple[redis.asyncio.Redis, redis.asyncio.Redis]]:
+    """For each Redis (``REDIS_URL``'s shards, or Sentinel's master): a client for commands,
+    and one for the subscription that never retries, so that its failure is seen at once."""
+    timeout = settings.ROOM_REDIS_TIMEOUT
+    common = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    no_retry = {"retry": Retry(NoBackoff(), 0)}
+    if settings.REDIS_SENTINELS:
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            settings.REDIS_SENTINELS,
+            sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2},
+        )
+        name = settings.REDIS_SENTINEL_MASTER
+        return [
+            (
+                sentinel.master_for(name, max_connections=settings.REDIS_MAX_CONNECTIONS, **common),
+                sentinel.master_for(name, **common, **no_retry),
+            )
+        ]
+    return [
+        (
+            redis.asyncio.Redis(
+                connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+                    url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=timeout, **common
+                )
+            ),
+            redis.asyncio.Redis.from_url(url, **common, **no_retry),
+        )
+        for url in settings.REDIS_URLS
+    ]
