@@ -3,7 +3,7 @@
 A consumer with a ``layer_unavailable`` handler is told once, by a ``layer.unavailable`` event,
 that the layer failed (any other consumer gets the layer's exception, as with Channels); one with
 a ``layer_dropped`` handler is told, by a ``layer.dropped`` event with the count, when the layer
-dropped messages meant for it (``take_drops``, app/layers.py). A consumer that opts in to
+dropped messages meant for it (``take_drops``, app/layers.py), once it has read what was queued. A consumer that opts in to
 neither reads the layer's own ``receive`` and pays nothing for this.
 """
 
@@ -27,8 +27,8 @@ class LayerNews:
     def __init__(self, layer: object, channel_name: str, receive: Receive, *, drops: bool) -> None:
         self.layer, self.channel_name, self.channel_receive = layer, channel_name, receive
         #: Whether to ask the layer for drops (the consumer has ``layer_dropped``, and the layer
-        #: counts them).
-        self.drops = drops and hasattr(layer, "take_drops")
+        #: counts them and says what is queued).
+        self.drops = drops and hasattr(layer, "take_drops") and hasattr(layer, "queued")
         self.news: list[Message] = []
         self.failed = False
 
@@ -42,7 +42,13 @@ class LayerNews:
         for attempt in (1, 2):
             try:
                 message = await self.channel_receive()
-                if self.drops and (lost := self.layer.take_drops(self.channel_name)):
+                # Told once the channel's queue is empty: then every message dropped for it
+                # is behind it, and what it missed is exactly what it has not had.
+                if (
+                    self.drops
+                    and not self.layer.queued(self.channel_name)
+                    and (lost := self.layer.take_drops(self.channel_name))
+                ):
                     self.news.append({"type": "layer.dropped", "count": lost})
                 return message
             except (*LAYER_ERRORS, RuntimeError) as error:

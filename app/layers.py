@@ -281,6 +281,11 @@ class BoundedInMemoryChannelLayer(InMemoryChannelLayer):
             "dropped a %s for %s: channel full (%s)", message.get("type"), channel, why
         )
 
+    def queued(self, channel: str) -> bool:
+        """Whether messages wait in ``channel``'s queue."""
+        queue = self.channels.get(channel)
+        return queue is not None and bool(queue.entries)
+
     def take_drops(self, channel: str) -> int:
         """How many messages were dropped for ``channel`` since the last call (0: none)."""
         return self.dropped.pop(channel, 0) if self.dropped else 0

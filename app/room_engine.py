@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import redis.asyncio
 import redis.asyncio.sentinel
 from django.conf import settings
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.layers import LAYER_ERRORS, BoundedInMemoryChannelLayer, ChannelQueue, error_text
 from app.logs import Throttled
@@ -357,6 +357,7 @@ class RedisRooms(Rooms):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.channel_rooms: dict[bytes, str] = {}
         self.failures = Throttled(logger)
+        self.tasks: set[asyncio.Task] = set()  # mends under way
 
     def shard(self, room: str) -> Shard:
         loop = asyncio.get_running_loop()
@@ -404,6 +405,8 @@ class RedisRooms(Rooms):
             self.channel_rooms.pop(channel.encode(), None)
             with contextlib.suppress(*LAYER_ERRORS):  # failed: the reader has told everyone
                 await self.shard(room).unsubscribe(channel)
+                if room in self.rooms:  # joined again meanwhile: its SUBSCRIBE may have gone first
+                    await self.shard(room).pubsub.subscribe(channel)
 
     async def publish(self, room: str, sender: str, message: Message) -> None:
         meta, log, channel = keys(room)
@@ -485,7 +488,9 @@ class RedisRooms(Rooms):
             if state.ready is None or state.ready.done():
                 state.ready = asyncio.get_running_loop().create_future()
             state.early.append((epoch, offset, published))
-            asyncio.get_running_loop().create_task(self.mend(room, state))
+            task = asyncio.get_running_loop().create_task(self.mend(room, state))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
             return
         self.deliver(state, room_event(offset, published))
 

@@ -184,44 +184,48 @@ async def test_a_traced_echo_to_a_closed_connection_ends_quietly(kind, server_er
         await ends_quietly(communicator, raised, caplog)
 
 
-#: Events a room member gets from its group, and the first send each makes: (events, types
-#: whose send finds the connection closed). A member told it fell behind sends a close.
+def room_event(offset: int, text: str) -> dict:
+    from app.room_log import payload, room_event
+
+    return room_event(offset, payload("s", {"text": text}))
+
+
+#: Events a room member gets on its channel, and the first send each makes: (events, types
+#: whose send finds the connection closed). A member told it fell behind sends a close; one told
+#: the layer dropped messages for it sends them from the room's history.
 ROOM_EVENTS = {
-    "room_message": ([{"type": "room.message", "text": "hi", "sender": "s", "seq": 1}], None),
-    "fell_behind": (
-        [
-            {"type": "room.message", "text": "1", "sender": "s", "seq": 1},
-            {"type": "room.message", "text": "5", "sender": "s", "seq": 5},
-        ],
-        ("websocket.close",),
-    ),
-    "layer_dropped": ([{"type": "layer.dropped", "count": 3}], None),
+    "room_message": ([room_event(1, "hi")], None),
+    "fell_behind": ([room_event(1, "1"), room_event(5, "5")], ("websocket.close",)),
+    "layer_dropped": ([{"type": "layer.dropped", "count": 1}], None),
     "layer_unavailable": ([{"type": "layer.unavailable", "error": "boom"}], None),
+    "room_lost": ([{"type": "room.lost", "reason": "room history lost, resume"}], None),
 }
 
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("event", list(ROOM_EVENTS))
-async def test_a_room_member_whose_connection_closed_ends_quietly_and_leaves_its_group(
+async def test_a_room_member_whose_connection_closed_ends_quietly_and_leaves_its_room(
     kind, server_error, event, caplog
 ):
     from project.asgi import application
 
     events, types = ROOM_EVENTS[event]
-    group = f"room.gone-{uuid.uuid4().hex[:8]}"
+    room = f"gone-{uuid.uuid4().hex[:8]}"
     app, raised = gone_after_accept(
         application, server_error, types=types or ("websocket.send", "websocket.close")
     )
-    communicator = make_communicator(f"/ws/broadcast/{kind}/{group[5:]}/", app=app)
+    communicator = make_communicator(f"/ws/broadcast/{kind}/{room}/", app=app)
     assert (await communicator.connect())[0]
-    layer = get_channel_layer()
-    assert len(layer.groups[group]) == 1
+    layer = get_channel_layer("rooms")
+    state = layer.rooms[room]
+    [channel] = state.members
+    state.history.append(room_event(1, "kept"))  # what a dropped message is mended from
     with caplog.at_level(logging.INFO):
         for message in events:
-            await layer.group_send(group, message)
+            await layer.send(channel, message)
         await ends_quietly(communicator, raised, caplog)
-    assert not layer.groups.get(group), "the member did not leave its group"
+    assert channel not in state.members, "the member did not leave its room"
 
 
 @pytest.mark.asyncio
@@ -235,16 +239,17 @@ async def test_a_closed_connection_with_no_disconnect_from_the_server_still_ends
     from project.asgi import application
 
     monkeypatch.setattr(client_gone, "DISCONNECT_WAIT", 0.2)
-    group = f"room.gone-{uuid.uuid4().hex[:8]}"
+    room = f"gone-{uuid.uuid4().hex[:8]}"
     app, raised = gone_after_accept(application, SERVER_ERRORS["uvicorn"])
-    communicator = make_communicator(f"/ws/broadcast/async/{group[5:]}/", app=app)
+    communicator = make_communicator(f"/ws/broadcast/async/{room}/", app=app)
     assert (await communicator.connect())[0]
-    layer = get_channel_layer()
+    layer = get_channel_layer("rooms")
+    state = layer.rooms[room]
     with caplog.at_level(logging.INFO):
         await communicator.send_to(text_data="to the room")
         await communicator.wait(timeout=5)
     assert raised and communicator.future.exception() is None
-    assert not layer.groups.get(group)
+    assert not state.members
     assert "1006" in caplog.text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
@@ -18,7 +19,16 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 #: A room message sent by the test after the others: a member's next message must be this one
 #: if nothing else was queued for it (instead of waiting a fixed time for nothing to come).
-LAST = {"type": "room.message", "text": "last, from the test"}
+LAST = {"type": "websocket.send", "text": "last, from the test"}
+
+
+def rooms() -> object:
+    """The rooms engine (the ``rooms`` channel layer alias): in memory in these tests."""
+    return get_channel_layer("rooms")
+
+
+async def publish(room: str, message: dict) -> None:
+    await rooms().publish(room, "the-test", message)
 
 
 def new_room() -> str:
@@ -37,13 +47,12 @@ def kind(request) -> str:
     return request.param
 
 
-async def test_join_and_leave_the_rooms_group(communicator_factory, kind):
+async def test_join_and_leave_the_room(communicator_factory, kind):
     room = new_room()
-    layer = get_channel_layer()
     communicator = await member(communicator_factory, room, kind)
-    assert len(layer.groups[f"room.{room}"]) == 1
+    assert len(rooms().rooms[room].members) == 1
     await communicator.disconnect()
-    assert not layer.groups.get(f"room.{room}")
+    assert room not in rooms().rooms  # nothing kept, nothing to come back to: forgotten
 
 
 async def test_every_member_gets_every_message_sender_included(communicator_factory, kind):
@@ -54,7 +63,7 @@ async def test_every_member_gets_every_message_sender_included(communicator_fact
     orders = []
     for communicator in members:
         orders.append((await communicator.receive_from(), await communicator.receive_from()))
-    await get_channel_layer().group_send(f"room.{room}", LAST)
+    await publish(room, LAST)
     for communicator in members:
         assert await communicator.receive_from() == LAST["text"]  # nothing else before it
         await communicator.disconnect()
@@ -79,10 +88,11 @@ async def test_sync_and_async_members_share_a_room(communicator_factory):
 
 
 async def test_a_custom_event_reaches_its_named_handler(communicator_factory, kind):
-    """group_send of ``room.message`` from outside any consumer is handled by ``room_message``."""
+    """A message published from outside any consumer comes as a ``room.message`` event,
+    handled by ``room_message``."""
     room = new_room()
     communicator = await member(communicator_factory, room, kind)
-    await get_channel_layer().group_send(f"room.{room}", {"type": "room.message", "text": "pushed"})
+    await publish(room, {"type": "websocket.send", "text": "pushed"})
     assert await communicator.receive_from() == "pushed"
     await communicator.disconnect()
 
@@ -97,7 +107,7 @@ async def test_members_of_other_rooms_hear_nothing(communicator_factory):
     assert await here.receive_from() == "only here"
     # Delivered to "here", so queued for every member of its room by now. "elsewhere"'s next
     # message is one sent to its own room afterwards: nothing of the other room came first.
-    await get_channel_layer().group_send(f"room.{other_room}", LAST)
+    await publish(other_room, LAST)
     assert await elsewhere.receive_from() == LAST["text"]
 
 
@@ -135,6 +145,33 @@ async def test_bad_room_names_are_refused_at_the_handshake(
     assert body["body"].decode() == f"400 Bad Request: {why}\n"
     assert communicator.future.exception() is None
     assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+@pytest.mark.parametrize(
+    "since, why",
+    [
+        ("nocolon", "since must be <epoch>:<offset>, the epoch 1 to 64 of A-Z a-z 0-9 - _"),
+        (":5", "since must be <epoch>:<offset>, the epoch 1 to 64 of A-Z a-z 0-9 - _"),
+        ("ep%20och:5", "since must be <epoch>:<offset>, the epoch 1 to 64 of A-Z a-z 0-9 - _"),
+        ("epoch:-1", "since's offset must be an integer from 0 to 2**63-1"),
+        ("epoch:1.5", "since's offset must be an integer from 0 to 2**63-1"),
+        ("epoch:", "since's offset must be an integer from 0 to 2**63-1"),
+        (f"epoch:{2**63}", "since's offset must be an integer from 0 to 2**63-1"),
+        ("a:1&since=a:2", "since given more than once"),
+    ],
+)
+async def test_a_malformed_since_is_refused_at_the_handshake(communicator_factory, since, why):
+    communicator = communicator_factory(
+        f"/ws/broadcast/async/{new_room()}/?since={since}",
+        subprotocols=["rooms.v1"],
+        extensions={"websocket.http.response": {}},
+    )
+    await communicator.send_input({"type": "websocket.connect"})
+    start = await communicator.receive_output()
+    body = await communicator.receive_output()
+    await communicator.wait()
+    assert start["status"] == 400
+    assert body["body"].decode() == f"400 Bad Request: {why}\n"
 
 
 async def test_a_room_name_of_the_maximum_length_is_fine(communicator_factory):
@@ -232,107 +269,101 @@ async def test_a_room_message_costs_one_look_at_each_member_not_at_every_channel
     assert len(looks) == len(members)  # one per receive: linear in the room's size
 
 
-async def test_a_member_that_lost_messages_is_closed_1013_with_the_count(
+async def test_a_gap_the_history_cannot_mend_closes_1013_with_the_count(
     communicator_factory, kind, caplog
 ):
     room = new_room()
     communicator = await member(communicator_factory, room, kind)
-    layer = get_channel_layer()
-    numbered = {"type": "room.message", "sender": "someone"}
     with caplog.at_level(logging.WARNING):
-        await layer.group_send(f"room.{room}", {**numbered, "text": "1", "seq": 1})
+        await communicator.send_input(room_event(1, "1"))
         assert await communicator.receive_from() == "1"
-        await layer.group_send(f"room.{room}", {**numbered, "text": "4", "seq": 4})  # 2, 3 lost
+        await communicator.send_input(room_event(4, "4"))  # 2 and 3 are in no history
         close = await communicator.receive_output()
-    assert close == {
-        "type": "websocket.close",
-        "code": 1013,
-        "reason": "fell behind: 2 room message(s) lost, reconnect",
-    }
-    assert "closing 1013 TRY_AGAIN_LATER: fell behind: 2 room message(s) lost" in caplog.text
+    reason = "fell behind past the room's history: 2 message(s) lost, resume"
+    assert close == {"type": "websocket.close", "code": 1013, "reason": reason}
+    assert f"closing 1013 TRY_AGAIN_LATER: {reason}" in caplog.text
 
 
-async def test_gaps_count_per_sender_from_the_first_message_heard():
-    from app.rooms import Gaps
+def room_event(offset: int, text: str) -> dict:
+    from app.room_log import payload
+    from app.room_log import room_event as event
 
-    gaps = Gaps()
-    assert gaps.lost({"sender": "a", "seq": 5}) == 0  # first heard: no history yet
-    assert gaps.lost({"sender": "b", "seq": 1}) == 0
-    assert gaps.lost({"sender": "a", "seq": 6}) == 0
-    assert gaps.lost({"sender": "a", "seq": 9}) == 2
-    assert gaps.lost({"sender": "b", "seq": 2}) == 0
-    assert gaps.lost({"text": "not numbered"}) == 0
-    # A number heard already (a failover can hand a message out twice) is not delivered again.
-    assert gaps.lost({"sender": "a", "seq": 9}) == Gaps.DUPLICATE
-    assert gaps.lost({"sender": "a", "seq": 7}) == Gaps.DUPLICATE
-    assert gaps.lost({"sender": "a", "seq": 10}) == 0
+    return event(offset, payload("someone", {"text": text}))
 
 
-async def test_a_member_remembers_the_most_recent_room_gap_senders_in_bounded_memory():
-    """2,000 one-message senders held 270 KiB per member (issue 32): now the last
-    ``ROOM_GAP_SENDERS`` (128) heard, about 160 bytes each; a forgotten one counts afresh."""
-    import secrets
-    import tracemalloc
-
-    from django.conf import settings
-
-    from app.rooms import Gaps
-
-    assert settings.ROOM_GAP_SENDERS == 128
-    names = [f"specific.{secrets.token_hex(16)}!{secrets.token_hex(6)}" for _ in range(2000)]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        gaps = Gaps()
-        for name in names:  # each its own string, as a member deserialises them from Redis
-            assert gaps.lost({"sender": "".join(name), "seq": 1000}) == 0
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert len(gaps.last) == 128
-    assert held < 32 * 1024, held
-    assert gaps.lost({"sender": names[-1], "seq": 1003}) == 2  # remembered: its gap is seen
-    assert gaps.lost({"sender": names[0], "seq": 1003}) == 0  # forgotten: counts afresh
-
-
-async def test_a_duplicate_room_message_is_not_forwarded(communicator_factory):
-    member = communicator_factory("/ws/broadcast/async/duplicates/")
+async def test_a_message_had_already_is_not_forwarded_again(communicator_factory):
+    member = communicator_factory(f"/ws/broadcast/async/{new_room()}/")
     assert (await member.connect())[0]
-    event = {"type": "room.message", "text": "once", "sender": "other", "seq": 1}
     for _ in range(2):
-        await member.send_input(event)
-    await member.send_input({**event, "text": "next", "seq": 2})
+        await member.send_input(room_event(1, "once"))
+    await member.send_input(room_event(2, "next"))
     assert await member.receive_from() == "once"
     assert await member.receive_from() == "next"
     await member.disconnect()
 
 
-async def test_a_publisher_numbers_its_messages():
-    from app.rooms import Publisher
-
-    publisher = Publisher("me")
-    events = [publisher.event({"type": "websocket.send", "text": t}) for t in "ab"]
-    assert events == [
-        {"type": "room.message", "text": "a", "sender": "me", "seq": 1},
-        {"type": "room.message", "text": "b", "sender": "me", "seq": 2},
+async def test_a_rooms_offsets_are_consecutive_from_1(communicator_factory):
+    room = new_room()
+    v1 = communicator_factory(f"/ws/broadcast/async/{room}/", subprotocols=["rooms.v1"])
+    assert (await v1.connect())[0]
+    assert json.loads(await v1.receive_from())["offset"] == 0
+    for text in "abc":
+        await publish(room, {"type": "websocket.send", "text": text})
+    frames = [json.loads(await v1.receive_from()) for _ in range(3)]
+    assert [(f["offset"], f["text"], f["from"]) for f in frames] == [
+        (1, "a", "the-test"),
+        (2, "b", "the-test"),
+        (3, "c", "the-test"),
     ]
+    await v1.disconnect()
 
 
-async def test_a_member_whose_queue_overflowed_is_told_even_if_no_message_follows(
-    communicator_factory, small_layer, kind
+@pytest.fixture
+def small_rooms(settings):
+    """The in-memory rooms engine with small bounds, fresh for one test."""
+    from channels.layers import channel_layers
+
+    def make(*, history: int = 2000, **config):
+        settings.ROOM_HISTORY_SIZE = history
+        settings.CHANNEL_LAYERS = {
+            **settings.CHANNEL_LAYERS,
+            "rooms": {"BACKEND": "app.room_engine.MemoryRooms", "CONFIG": config},
+        }
+        channel_layers.backends.pop("rooms", None)
+        return rooms()
+
+    yield make
+    channel_layers.backends.pop("rooms", None)
+
+
+async def test_a_member_whose_queue_overflowed_gets_the_rest_from_the_history(
+    communicator_factory, small_rooms, kind
 ):
-    """Messages dropped at the tail leave no gap to see: the layer's count says it instead."""
-    small_layer(capacity=2)
+    """Messages dropped from a full queue, even at the tail with nothing after them to show
+    the gap, are mended from the room's history, in order, once."""
+    small_rooms(capacity=2)
     room = new_room()
     communicator = await member(communicator_factory, room, kind)
-    layer = get_channel_layer()
     for i in range(5):  # no await yields to the member in between: 3 of 5 find its queue full
-        await layer.group_send(f"room.{room}", {"type": "room.message", "text": str(i)})
-    assert await communicator.receive_from() == "0"  # the drops are known from here on
+        await publish(room, {"type": "websocket.send", "text": str(i)})
+    assert [await communicator.receive_from() for _ in range(5)] == ["0", "1", "2", "3", "4"]
+    await publish(room, LAST)
+    assert await communicator.receive_from() == LAST["text"]  # nothing twice before it
+
+
+async def test_a_member_that_fell_past_the_history_is_closed_1013_with_the_count(
+    communicator_factory, small_rooms, kind
+):
+    small_rooms(capacity=2, history=2)
+    room = new_room()
+    communicator = await member(communicator_factory, room, kind)
+    for i in range(5):  # 2 queued, 3 dropped for it; the history holds only the last 2
+        await publish(room, {"type": "websocket.send", "text": str(i)})
+    assert [await communicator.receive_from() for _ in range(2)] == ["0", "1"]  # queued
     assert await communicator.receive_output() == {
         "type": "websocket.close",
         "code": 1013,
-        "reason": "fell behind: 3 room message(s) lost, reconnect",
+        "reason": "fell behind past the room's history: 3 message(s) lost, resume",
     }
 
 
@@ -369,7 +400,7 @@ async def test_a_layer_whose_transport_closed_under_it_is_unavailable_not_a_bug(
     (a Sentinel failover): a 1013 like any layer failure, not a 1011. Any other RuntimeError of
     the layer stays the application's error."""
     room = new_room()
-    layer = get_channel_layer()
+    layer = rooms()
     receive, armed = layer.receive, []
 
     async def closed_when_armed(channel):
@@ -382,7 +413,7 @@ async def test_a_layer_whose_transport_closed_under_it_is_unavailable_not_a_bug(
     monkeypatch.setattr(layer, "receive", closed_when_armed)
     communicator = await member(communicator_factory, room)
     armed.append(True)
-    await layer.group_send(f"room.{room}", LAST)  # the receive under way returns it; the next fails
+    await publish(room, LAST)  # the receive under way returns it; the next fails
     assert await communicator.receive_from() == LAST["text"]
     close = await communicator.receive_output(timeout=5)
     assert (close["type"], close["code"]) == ("websocket.close", 1013)

@@ -280,7 +280,8 @@ def test_health_says_only_the_status_to_a_client_elsewhere_and_the_detail_to_loo
     public = Client(REMOTE_ADDR="203.0.113.9").get("/healthz")
     assert (public.status_code, public.json()) == (200, {"status": "ok"})
     local = Client(REMOTE_ADDR="127.0.0.1").get("/healthz").json()
-    assert set(local) == {"status", "websocket_connections", "channel_layer"}
+    assert set(local) == {"status", "websocket_connections", "channel_layer", "rooms"}
+    assert local["rooms"]["engine"] == "memory"
 
 
 # --- 8b. tokens in logs ---------------------------------------------------------------------

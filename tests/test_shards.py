@@ -1,8 +1,8 @@
 """Rooms across two Redis servers: ``REDIS_URL=redis://a,redis://b`` (issue 24).
 
-channels-redis shards by consistent hashing: each process's channels live on one server, each
-group on one. Two redis-server processes, two uvicorn processes configured with both: rooms
-work across processes with every message delivered exactly once, and when one Redis goes away
+The rooms engine puts each room (its epoch, offset, history and publishes) on one server, by
+the CRC-32 of its name. Two redis-server processes, two uvicorn processes configured with both:
+rooms work across processes with every message delivered exactly once, and when one Redis goes away
 the members of the rooms it held are told (1013), not left waiting.
 """
 
@@ -43,8 +43,8 @@ def two_processes(shards, server_env):
 
 
 def shard_of_group(shards: list[RedisServer], room: str) -> int:
-    """Which Redis holds the room's group (channels-redis keeps it as a sorted set)."""
-    held = [bool(redis.Redis.from_url(shard.url).keys(f"*group:room.{room}*")) for shard in shards]
+    """Which Redis holds the room (its epoch and offset, kept from the first join)."""
+    held = [bool(redis.Redis.from_url(shard.url).keys(f"rooms:{{{room}}}:*")) for shard in shards]
     assert held.count(True) == 1, held
     return held.index(True)
 
