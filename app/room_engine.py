@@ -228,15 +228,19 @@ class MemoryRooms(Rooms):
 # --- Redis --------------------------------------------------------------------------------
 
 #: KEYS: meta, log. ARGV: pubsub channel, an epoch for a new room, payload, size, bytes, TTL,
-#: meta TTL. The room's epoch is made here if Redis has none (a new room, or a Redis that lost
-#: it), with an empty log; the offset is the meta's ``o`` plus one; the log holds ``p``ayload
-#: and ``t``ime, trimmed to the size and bytes; then the PUBLISH. One script: a message is in
-#: the history before any member can see it, and offsets are consecutive.
+#: meta TTL. The room's epoch is made here, with an empty log, if Redis has none (a new room, or
+#: a Redis that lost it) or if another Redis server made it (``r``, the server's run id): after a
+#: failover the new master holds only what reached it, and going on under the old epoch would
+#: hand out again offsets the old master gave to other messages. The offset is the meta's ``o``
+#: plus one; the log holds ``p``ayload and ``t``ime, trimmed to the size and bytes; then the
+#: PUBLISH. One script: a message is in the history before any member can see it, and offsets
+#: are consecutive.
 PUBLISH = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+if not epoch or redis.call('HGET', KEYS[1], 'r') ~= run then
   epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'b', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'r', run, 'o', 0, 'b', 0)
   redis.call('DEL', KEYS[2])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
@@ -261,10 +265,11 @@ return {epoch, offset}
 
 #: KEYS: meta, log. ARGV: an epoch for a new room, meta TTL. The room's epoch and last offset.
 POSITION = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+if not epoch or redis.call('HGET', KEYS[1], 'r') ~= run then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'b', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'r', run, 'o', 0, 'b', 0)
   redis.call('DEL', KEYS[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
