@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class RoomState:
     """A room as this process sees it: its epoch, its history (or the recent part of it), and
     the channels of its members here."""
 
+    name: str
     epoch: str
     history: History
     members: set[str] = field(default_factory=set)
@@ -76,6 +78,11 @@ class Rooms(BoundedInMemoryChannelLayer):
         super().__init__(**kwargs)
         self.limits = limits_from_settings()
         self.rooms: dict[str, RoomState] = {}
+        #: Bytes of history the process holds, all rooms together, at most ``total``: past it
+        #: the histories of the rooms written to least recently are forgotten (``kept``'s order).
+        self.held, self.total = 0, settings.ROOM_HISTORY_TOTAL_BYTES
+        self.kept: OrderedDict[str, RoomState] = OrderedDict()
+        self.evictions = Throttled(logger)
 
     # --- what a consumer calls ------------------------------------------------------------
 
@@ -144,11 +151,32 @@ class Rooms(BoundedInMemoryChannelLayer):
     def deliver(self, state: RoomState, event: Message) -> None:
         """Keep ``event`` and queue it for every member here (dropped, counted and logged for
         a full queue: the member mends the gap from the history)."""
-        state.history.append(event)
+        history = state.history
+        held = history.held
+        history.append(event)
+        if history.held != held:
+            self.held += history.held - held
+            self.kept[state.name] = state
+            self.kept.move_to_end(state.name)
+            if self.held > self.total:
+                self.evict()
         if state.members:
             size, now = event_size(event), time.time()
             for channel in list(state.members):
                 self._put(channel, event, dict, size, now)
+
+    def evict(self) -> None:
+        """Forget the oldest-written rooms' histories until the process holds ``total`` bytes:
+        their members go on live; a resume into what was forgotten is told ``recovered: false``."""
+        while self.held > self.total and self.kept:
+            room, state = self.kept.popitem(last=False)
+            self.held -= state.history.held
+            state.history.forget()
+            self.evictions.warning(
+                "room %s: history forgotten, the process holds ROOM_HISTORY_TOTAL_BYTES (%d)",
+                room,
+                self.total,
+            )
 
     def tell(self, channels: Iterable[str], event: Message) -> None:
         """Queue ``event`` for each channel past its bounds: a close the member must get."""
@@ -162,7 +190,18 @@ class Rooms(BoundedInMemoryChannelLayer):
         """The room's order or history is gone for this process: close every member here
         (each resumes), and forget the room."""
         self.tell(state.members, {"type": "room.lost", "reason": reason})
-        forget(self.rooms, room, state)
+        self.forget(room, state)
+
+    def forget(self, room: str, state: RoomState) -> None:
+        """Forget a room (its members, if any, were told to go); joins waiting on it start
+        again."""
+        state.members.clear()
+        if self.rooms.get(room) is state:
+            del self.rooms[room]
+            self.kept.pop(room, None)
+            self.held -= state.history.held
+        if state.ready is not None and not state.ready.done():
+            state.ready.set_result(None)
 
     def describe(self) -> dict:
         """For ``/healthz``: the engine and what this process holds."""
@@ -175,15 +214,6 @@ class Rooms(BoundedInMemoryChannelLayer):
                 "bytes": self.limits.max_bytes,
             },
         }
-
-
-def forget(rooms: dict[str, RoomState], room: str, state: RoomState) -> None:
-    """Forget a room whose members were told to go; joins waiting on it start again."""
-    state.members.clear()
-    if rooms.get(room) is state:
-        del rooms[room]
-    if state.ready is not None and not state.ready.done():
-        state.ready.set_result(None)
 
 
 def event_size(event: Message) -> int:
@@ -204,12 +234,12 @@ class MemoryRooms(Rooms):
     async def open(self, room: str) -> RoomState:
         state = self.rooms.get(room)
         if state is None:
-            state = self.rooms[room] = RoomState(new_epoch(), History(self.limits))
+            state = self.rooms[room] = RoomState(room, new_epoch(), History(self.limits))
         return state
 
     async def emptied(self, room: str, state: RoomState) -> None:
         if not state.history.entries and self.rooms.get(room) is state:
-            del self.rooms[room]  # nothing to come back to
+            self.forget(room, state)  # nothing to come back to
 
     async def publish(self, room: str, sender: str, message: Message) -> None:
         state = await self.open(room)
@@ -220,9 +250,11 @@ class MemoryRooms(Rooms):
         super()._sweep()
         if due:
             for room, state in list(self.rooms.items()):
+                held = state.history.held
                 state.history.sweep()
+                self.held -= held - state.history.held
                 if not state.members and not state.history.entries:
-                    del self.rooms[room]
+                    self.forget(room, state)
 
 
 # --- Redis --------------------------------------------------------------------------------
@@ -368,6 +400,7 @@ class RedisRooms(Rooms):
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # clients belong to one event loop (tests run several)
             self.loop, self.rooms, self.channel_rooms = loop, {}, {}
+            self.held, self.kept = 0, OrderedDict()
             self.shards = [Shard(self, *pair) for pair in redis_clients()]
         return self.shards[zlib.crc32(room.encode()) % len(self.shards)]
 
@@ -382,7 +415,7 @@ class RedisRooms(Rooms):
             return await self.open(room)  # lost while this join waited: start again
         shard = self.shard(room)
         meta, log, channel = keys(room)
-        state = self.rooms[room] = RoomState("", History(self.limits))
+        state = self.rooms[room] = RoomState(room, "", History(self.limits))
         state.ready = asyncio.get_running_loop().create_future()
         self.channel_rooms[channel.encode()] = room
         try:
@@ -391,10 +424,10 @@ class RedisRooms(Rooms):
                 keys=[meta, log], args=[new_epoch(), META_TTL]
             )
         except BaseException as error:
-            if self.rooms.get(room) is state:
-                del self.rooms[room]
-            state.ready.set_exception(error if isinstance(error, Exception) else ConnectionError())
-            state.ready.exception()
+            ready, state.ready = state.ready, None
+            self.forget(room, state)
+            ready.set_exception(error if isinstance(error, Exception) else ConnectionError())
+            ready.exception()
             raise
         state.epoch, state.history.last = epoch.decode(), int(last)
         early, state.early = state.early, []
@@ -405,7 +438,7 @@ class RedisRooms(Rooms):
 
     async def emptied(self, room: str, state: RoomState) -> None:
         if self.rooms.get(room) is state and (state.ready is None or state.ready.done()):
-            del self.rooms[room]
+            self.forget(room, state)
             channel = keys(room)[2]
             self.channel_rooms.pop(channel.encode(), None)
             with contextlib.suppress(*LAYER_ERRORS):  # failed: the reader has told everyone
@@ -532,7 +565,7 @@ class RedisRooms(Rooms):
         for room, state in list(self.rooms.items()):
             if self.shards and self.shard(room) is shard:
                 self.tell(state.members, {"type": "layer.unavailable", "error": error_text(error)})
-                forget(self.rooms, room, state)
+                self.forget(room, state)
                 self.channel_rooms.pop(keys(room)[2].encode(), None)
 
     def describe(self) -> dict:

@@ -182,6 +182,11 @@ class History:
             return None
         return [entry[3] for entry in wanted]
 
+    def forget(self) -> None:
+        """Forget every kept message (``last`` stays: offsets go on)."""
+        self.entries.clear()
+        self.held = 0
+
     def sweep(self) -> None:
         """Forget what is older than the TTL."""
         oldest = time.monotonic() - self.limits.ttl

@@ -234,6 +234,9 @@ if ROOM_ENGINE == "redis" and not REDIS_ENABLED:
 ROOM_HISTORY_SIZE = env_int("ROOM_HISTORY_SIZE", 2000)
 ROOM_HISTORY_TTL = env_int("ROOM_HISTORY_TTL", 300)
 ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 4 * 1024 * 1024)
+#: What one process keeps of every room's history together (the memory engine's history, the
+#: Redis engine's recent part of it); past it, the least recently written rooms' go first.
+ROOM_HISTORY_TOTAL_BYTES = env_int("ROOM_HISTORY_TOTAL_BYTES", 256 * 1024 * 1024)
 #: Seconds the Redis engine waits to connect, for a command, or for a subscription.
 ROOM_REDIS_TIMEOUT = env_float("ROOM_REDIS_TIMEOUT", 5.0)
 CHANNEL_LAYERS["rooms"] = {

@@ -323,8 +323,9 @@ def small_rooms(settings):
     """The in-memory rooms engine with small bounds, fresh for one test."""
     from channels.layers import channel_layers
 
-    def make(*, history: int = 2000, **config):
+    def make(*, history: int = 2000, total: int = 256 * 1024 * 1024, **config):
         settings.ROOM_HISTORY_SIZE = history
+        settings.ROOM_HISTORY_TOTAL_BYTES = total
         settings.CHANNEL_LAYERS = {
             **settings.CHANNEL_LAYERS,
             "rooms": {"BACKEND": "app.room_engine.MemoryRooms", "CONFIG": config},
@@ -417,3 +418,106 @@ async def test_a_layer_whose_transport_closed_under_it_is_unavailable_not_a_bug(
     assert await communicator.receive_from() == LAST["text"]
     close = await communicator.receive_output(timeout=5)
     assert (close["type"], close["code"]) == ("websocket.close", 1013)
+
+
+async def v1_member(factory, room: str, since: str | None = None, kind: str = "async"):
+    query = f"?since={since}" if since is not None else ""
+    communicator = factory(f"/ws/broadcast/{kind}/{room}/{query}", subprotocols=["rooms.v1"])
+    accepted, subprotocol = await communicator.connect()
+    assert accepted and subprotocol == "rooms.v1"
+    return communicator, json.loads(await communicator.receive_from())
+
+
+async def test_a_resume_within_the_history_recovers_exactly_what_was_missed(
+    communicator_factory, kind
+):
+    room = new_room()
+    first, welcome = await v1_member(communicator_factory, room, kind=kind)
+    assert welcome["offset"] == 0 and "recovered" not in welcome
+    await publish(room, {"type": "websocket.send", "text": "seen"})
+    assert json.loads(await first.receive_from())["offset"] == 1
+    await first.disconnect()
+    for text in ("missed 1", "missed 2"):
+        await publish(room, {"type": "websocket.send", "text": text})
+    again, resumed = await v1_member(communicator_factory, room, f"{welcome['epoch']}:1", kind)
+    assert (resumed["recovered"], resumed["epoch"], resumed["offset"]) == (
+        True,
+        welcome["epoch"],
+        3,
+    )
+    await publish(room, {"type": "websocket.send", "text": "live"})
+    frames = [json.loads(await again.receive_from()) for _ in range(3)]
+    assert [(f["offset"], f["text"]) for f in frames] == [
+        (2, "missed 1"),
+        (3, "missed 2"),
+        (4, "live"),
+    ]
+    await publish(room, LAST)
+    assert json.loads(await again.receive_from())["text"] == LAST["text"]  # nothing twice
+    await again.disconnect()
+
+
+@pytest.mark.parametrize(
+    "since, why",
+    [
+        ("other-epoch:1", "another epoch"),
+        ("{epoch}:99", "beyond the room's last offset"),
+        ("{epoch}:1000000000000000000", "a huge offset"),
+    ],
+)
+async def test_a_resume_that_cannot_be_served_says_not_recovered(communicator_factory, since, why):
+    room = new_room()
+    keeper, welcome = await v1_member(communicator_factory, room)
+    await publish(room, {"type": "websocket.send", "text": "one"})
+    since = since.format(epoch=welcome["epoch"])
+    member, resumed = await v1_member(communicator_factory, room, since)
+    assert (resumed["recovered"], resumed["epoch"], resumed["offset"]) == (
+        False,
+        welcome["epoch"],
+        1,
+    ), why
+    await publish(room, {"type": "websocket.send", "text": "two"})
+    assert json.loads(await member.receive_from())["offset"] == 2  # live from the welcome on
+    for communicator in (keeper, member):
+        await communicator.disconnect()
+
+
+async def test_with_history_off_a_resume_is_never_recovered(communicator_factory, small_rooms):
+    small_rooms(history=0)
+    room = new_room()
+    _keeper, welcome = await v1_member(communicator_factory, room)
+    await publish(room, {"type": "websocket.send", "text": "one"})
+    await publish(room, {"type": "websocket.send", "text": "two"})
+    _, resumed = await v1_member(communicator_factory, room, f"{welcome['epoch']}:1")
+    assert (resumed["recovered"], resumed["offset"]) == (False, 2)
+    assert not rooms().rooms[room].history.entries
+
+
+async def test_the_last_member_leaving_keeps_the_room_to_come_back_to(communicator_factory):
+    room = new_room()
+    member, welcome = await v1_member(communicator_factory, room)
+    await member.send_to(text_data="mine")
+    assert json.loads(await member.receive_from())["offset"] == 1
+    await member.disconnect()
+    _, resumed = await v1_member(communicator_factory, room, f"{welcome['epoch']}:0")
+    assert resumed["recovered"] is True and resumed["epoch"] == welcome["epoch"]
+
+
+async def test_the_process_keeps_at_most_the_total_history_bytes(
+    communicator_factory, small_rooms, caplog
+):
+    """Rooms a client fills and leaves: past ``ROOM_HISTORY_TOTAL_BYTES`` the least recently
+    written room's history goes first, with one line; a resume into it is not recovered."""
+    layer = small_rooms(total=20_000)
+    old, new = new_room(), new_room()
+    member, welcome = await v1_member(communicator_factory, old)
+    await publish(old, {"type": "websocket.send", "text": "x" * 5000})
+    with caplog.at_level(logging.WARNING, logger="app.rooms"):
+        for _ in range(3):
+            await publish(new, {"type": "websocket.send", "text": "y" * 5000})
+    assert layer.held <= 20_000
+    assert not layer.rooms[old].history.entries and len(layer.rooms[new].history.entries) == 1
+    assert f"room {old}: history forgotten" in caplog.text
+    _, resumed = await v1_member(communicator_factory, old, f"{welcome['epoch']}:0")
+    assert resumed["recovered"] is False
+    await member.disconnect()
