@@ -341,3 +341,79 @@ def test_with_redis_hung_concurrent_health_checks_answer_degraded_at_once(server
     log = server.log()
     assert_clean_log(log)
     assert len(re.findall(r"WARNING app\.layers\S* Redis unreachable for /healthz", log)) == 1
+
+
+# --- the rooms engine on Redis (issue 30) ---------------------------------------------------
+
+
+def command_calls(client, command: str) -> int:
+    return client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+@pytest.mark.asyncio
+async def test_a_room_message_costs_one_script_call_whatever_the_rooms_size(
+    two_servers, redis_server
+):
+    """channels-redis ``core`` writes one entry per member per message; the engine runs one
+    script (append, trim, PUBLISH) per message, for 60 members on two processes as for one."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    room, members = new_room(), 60
+    sockets = [
+        await connect(room_url(two_servers[i % 2], room, ("sync", "async")[i // 2 % 2]))
+        for i in range(members)
+    ]
+    try:
+        for first in sockets[:2]:  # each process loads its script once (NOSCRIPT, then load)
+            await first.send("warm")
+        for ws in sockets:
+            assert [await asyncio.wait_for(ws.recv(), 10) for _ in range(2)] == ["warm"] * 2
+        before = {c: command_calls(client, c) for c in ("evalsha", "eval", "publish", "xadd")}
+        for number in range(10):
+            await sockets[number % members].send(f"m{number}")
+        for ws in sockets:
+            assert sorted([await asyncio.wait_for(ws.recv(), 10) for _ in range(10)]) == sorted(
+                f"m{n}" for n in range(10)
+            )
+        calls = {c: command_calls(client, c) - before[c] for c in before}
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    assert calls["evalsha"] + calls["eval"] == 10, calls  # one per message, not per member
+    assert calls["xadd"] == 10 and calls["publish"] == 10, calls
+
+
+@pytest.fixture(scope="module")
+def small_history_servers(redis_server, server_env):
+    env = {**server_env, "REDIS_URL": redis_server.url, "ROOM_HISTORY_SIZE": "5"}
+    yield from clean_processes(env, count=2)
+
+
+@pytest.mark.asyncio
+async def test_the_rooms_stream_holds_its_history_size_and_a_resume_past_it_is_not_recovered(
+    small_history_servers, redis_server
+):
+    import redis
+
+    a, b = small_history_servers
+    room = new_room()
+    async with connect(room_url(a, room), subprotocols=["rooms.v1"]) as member:
+        welcome = json.loads(await asyncio.wait_for(member.recv(), 5))
+        for number in range(8):
+            await member.send(f"m{number}")
+        frames = [json.loads(await asyncio.wait_for(member.recv(), 5)) for _ in range(8)]
+    assert [f["offset"] for f in frames] == list(range(1, 9))
+    log = redis.Redis.from_url(redis_server.url).xrange(f"rooms:{{{room}}}:log")
+    assert [entry_id for entry_id, _ in log] == [f"{n}-0".encode() for n in range(4, 9)]
+    epoch = welcome["epoch"]
+    # On the other process, which never had the room: from the stream.
+    async with connect(
+        room_url(b, room, "sync") + f"?since={epoch}:3", subprotocols=["rooms.v1"]
+    ) as ws:
+        resumed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (resumed["recovered"], resumed["offset"]) == (True, 8)
+        replay = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
+        assert [(f["offset"], f["text"]) for f in replay] == [(n, f"m{n - 1}") for n in range(4, 9)]
+    async with connect(room_url(b, room) + f"?since={epoch}:2", subprotocols=["rooms.v1"]) as ws:
+        resumed = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (resumed["recovered"], resumed["offset"]) == (False, 8)  # 3 was trimmed
