@@ -15,6 +15,7 @@ from django.conf import settings
 
 from app.behaviours import Behaviours, InvalidBehaviour
 from app.handshake import allowed_hosts_origin_validator
+from app.room_log import ROOMS_V1, InvalidSince, parse_since
 from app.rooms import InvalidRoom, Room
 from app.session import choose_subprotocol
 from app.tracing import listeners, token_valid, trace_group
@@ -26,7 +27,8 @@ class Verdict:
 
     ok: bool
     status: int  # the HTTP status of the refusal (101 when accepted)
-    rule: str  # route, origin, room, subprotocol, trace_token, trace_listeners, layer, or ""
+    rule: str  # route, origin, room, since, layer, behaviour, trace_token, trace_listeners,
+    # subprotocol, or ""
     reason: str
 
     def as_dict(self) -> dict:
@@ -48,7 +50,8 @@ def explain(
     secure: bool = False,
 ) -> Verdict:
     """The verdict on a handshake to ``path``, checked in the order the stack checks it:
-    Origin (project/asgi.py's validator), route (app/routing.py), room name, channel layer,
+    Origin (project/asgi.py's validator), route (app/routing.py), room name and ``since``
+    (app/room_log.py), channel layer,
     a trace socket's token and its listeners, then the subprotocol the consumer would pick.
 
     ``host`` and ``secure``: the ``Host`` and the scheme the handshake would come with; the page
@@ -77,6 +80,10 @@ def explain(
             Room.named(kwargs["room"])
         except InvalidRoom as error:
             return refused(HTTPStatus.BAD_REQUEST, "room", f"invalid room name: {error}")
+        try:
+            parse_since(query)
+        except InvalidSince as error:
+            return refused(HTTPStatus.BAD_REQUEST, "since", f"invalid since: {error}")
         if not layer_reachable():
             return refused(
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -103,7 +110,7 @@ def explain(
             f"this trace token already has {settings.TRACE_LISTENERS_PER_TOKEN} trace socket(s)"
             " open (TRACE_LISTENERS_PER_TOKEN): close one, or connect again for a new token",
         )
-    supported = list(settings.ECHO_SUBPROTOCOLS)
+    supported = [*([ROOMS_V1] if "room" in kwargs else []), *settings.ECHO_SUBPROTOCOLS]
     if name != "trace" and subprotocols and choose_subprotocol(subprotocols, supported) is None:
         return refused(
             HTTPStatus.SWITCHING_PROTOCOLS,

@@ -105,7 +105,8 @@ class Rooms(BoundedInMemoryChannelLayer):
         if since.epoch == epoch:
             if since.offset >= last:
                 if since.offset == last or since.offset <= await self.room_last(room, state):
-                    return Joined(epoch, since.offset, True, [], since.offset)
+                    # Ahead of this process (it got it from another): live after it.
+                    return Joined(epoch, last, True, [], since.offset)
             else:
                 kept = await self.history(room, since.offset, last)
                 if kept is not None:

@@ -6,8 +6,14 @@
 //     ^                     |                                     |            |         |
 //     +---------------------+-------------------------------------+------------+---------+
 //   closed --(auto-reconnect on, not closed by the page)--> waiting --timer--> preparing/connecting
+//
+// In room mode the page offers rooms.v1 (rooms.js): when the server accepts it, each frame is
+// read as JSON and the member's position (epoch:offset) kept. A connection to the same room
+// after one the page did not close (a restart's 1012, a 1013, a dropped network; by the
+// auto-reconnect or by Connect) resumes with `?since=<epoch>:<offset>`.
 
 import { byteSize, closeName, contentKey } from "./format.js";
+import { PROTOCOL, RoomSession, sinceQuery } from "./rooms.js";
 
 const NEXT = {
   closed: ["preparing", "connecting", "waiting"],
@@ -38,6 +44,8 @@ export class Connection {
     this.pendingCount = 0;
     this.attempt = 0;
     this.timer = 0;
+    this.roomSession = null;  // this connection's rooms.v1 state, while it speaks rooms.v1
+    this.lastRoom = null;  // the last rooms.v1 session: where a reconnect resumes from
     this.stats = { sentMessages: 0, sentBytes: 0, receivedMessages: 0, receivedBytes: 0, since: null };
   }
 
@@ -50,6 +58,10 @@ export class Connection {
   // options: {mode, consumer, room, subprotocols (list), traced, reconnect}
   async connect(options) {
     if (this.state !== "closed" && this.state !== "waiting") return;
+    // A resume: the last connection to this room ended without the page closing it.
+    const last = this.lastRoom;
+    const since = options.mode === "room" && options.subprotocols.includes(PROTOCOL) && !this.closedByPage &&
+      last?.room === options.room && last.position ? last.position : null;
     clearTimeout(this.timer);
     this.stopTrace();  // the last connection's trace socket stays open for its last records until now
     const generation = ++this.generation;
@@ -62,7 +74,7 @@ export class Connection {
       room: `/ws/broadcast/${options.consumer}/${encodeURIComponent(options.room)}/`,
       test: "/ws/test/",  // options.query: the "Server behaviour" panel's parameters
     }[options.mode] ?? `/ws/echo/${options.consumer}/`;
-    const behaviour = options.mode === "test" && options.query ? options.query : "";
+    const behaviour = options.mode === "test" && options.query ? options.query : since ? sinceQuery(since) : "";
     let query = behaviour ? `?${behaviour}` : "";
     if (options.traced) {
       this.set("preparing");
@@ -103,13 +115,18 @@ export class Connection {
       this.attempt = 0;
       this.stats.since = new Date();
       this.set("open");
+      this.roomSession = options.mode === "room" && ws.protocol === PROTOCOL ? new RoomSession(options.room, since) : null;
+      if (this.roomSession) this.lastRoom = this.roomSession;
       const where = options.mode === "room" ? ` in room ${options.room}` : "";
       const to = options.mode === "test" ? "the test server (/ws/test/)" : `the ${options.consumer} consumer${where}`;
       this.log.add({ kind: "open", summary: `connected to ${to}; subprotocol: ${ws.protocol || "(none)"}; extensions: ${ws.extensions || "(none)"}` });
     });
     ws.addEventListener("message", (msg) => this.received(msg.data));
     ws.addEventListener("close", async (ev) => {
-      if (this.socket === ws) this.socket = null;
+      if (this.socket === ws) {
+        this.socket = null;
+        this.roomSession = null;
+      }
       this.stats.since = null;
       this.set("closed");
       const reason = ev.reason ? ` reason "${ev.reason}"` : " no reason";
@@ -195,6 +212,13 @@ export class Connection {
     const rtt = sent ? ` in ${(now - sent.at).toFixed(1)} ms (echo of #${sent.id})` : "";
     this.stats.receivedMessages += 1;
     this.stats.receivedBytes += size;
+    if (this.roomSession) {
+      for (const entry of this.roomSession.receive(data, size)) {
+        if (entry.violation) this.fail(entry.summary, entry);
+        else this.log.add(entry);
+      }
+      return;
+    }
     if (typeof data === "string") {
       this.log.add({ kind: "received", summary: `text, ${size} bytes${rtt}`, text: data, rtt: sent ? now - sent.at : undefined });
     } else {
@@ -203,8 +227,8 @@ export class Connection {
     }
   }
 
-  fail(message) {
-    this.log.add({ kind: "error", summary: message });
+  fail(message, entry = { kind: "error", summary: message }) {
+    this.log.add(entry);
     this.onError(message);
   }
 

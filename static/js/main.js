@@ -5,6 +5,7 @@ import { wireConformance } from "./conformance.js";
 import { Connection } from "./connection.js";
 import { timestamp, utf8Length } from "./format.js";
 import { Log } from "./log.js";
+import { offer } from "./rooms.js";
 import { History, Snippets, download, formatJson } from "./tools.js";
 import { BEHAVIOURS, behaviourQuery, binarySizeError, closeError, parseSubprotocols, repeatError, roomError } from "./validate.js";
 
@@ -96,8 +97,10 @@ function connect(event) {
   const traced = $("trace").checked;
   $("log").classList.toggle("traced", traced);
   $("columns").hidden = !traced;
+  // Room mode offers rooms.v1 (JSON frames with offsets, resume) unless unticked, then the rest.
+  const subprotocols = offer(list, mode === "room" && $("rooms-v1").checked);
   connection.connect({
-    mode, room, query, consumer: mode === "test" ? "test" : $("consumer").value, subprotocols: list, traced,
+    mode, room, query, consumer: mode === "test" ? "test" : $("consumer").value, subprotocols, traced,
     reconnect: $("reconnect").checked,
   });
 }
@@ -148,6 +151,7 @@ async function copyBehaviourUrl() {
 function modeChanged() {
   const mode = $("mode").value;
   $("room-label").hidden = mode !== "room";
+  $("rooms-v1-label").hidden = mode !== "room";
   $("consumer-label").hidden = mode === "test";  // /ws/test/ is one (async) consumer
   if (mode === "test") $("behaviour-details").open = true;
 }
@@ -218,7 +222,7 @@ function sendOversize() {
   sendBytes(patternBytes(maxBytes + 1), `binary, ${maxBytes + 1} bytes (one over the limit)`);
 }
 
-// Mode, room, consumer, subprotocols and Trace are read at Connect: say so when changed while open.
+// Mode, room, rooms.v1, consumer, subprotocols and Trace are read at Connect: say so when changed while open.
 function settingChanged() {
   if (connection.state !== "closed") $("apply-note").hidden = false;
 }
@@ -285,7 +289,7 @@ $("behaviour-form").addEventListener("input", () => { showBehaviourUrl(); if ($(
 $("behaviour-form").addEventListener("submit", (event) => event.preventDefault());
 $("copy-url").addEventListener("click", copyBehaviourUrl);
 showBehaviourUrl();
-for (const id of ["mode", "room", "consumer", "subprotocols", "trace"]) $(id).addEventListener("change", settingChanged);
+for (const id of ["mode", "room", "rooms-v1", "consumer", "subprotocols", "trace"]) $(id).addEventListener("change", settingChanged);
 $("more-send").open = !phone.matches;  // on a phone the log and the text box come first
 showState("closed");
 wireConformance($("conformance"));  // "Test this browser": the Autobahn client cases
