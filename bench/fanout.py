@@ -1,16 +1,21 @@
 """The room (fan-out) benchmark: one room of 10, 100 and 1,000 members, one sender and ten, on
-one server process with the in-memory layer and on two processes through Redis (both
-channels-redis layers). Deliveries per second, p50/p99 delivery latency, and losses.
+the project's rooms in one process and on two through Redis, against the raw ASGI room (the
+ceiling) and the peers a Python user would pick (python-socketio, stock Channels), all with the
+same client, the same members and the same run. Deliveries per second, p50/p99 delivery
+latency, losses and duplicates.
 
     .venv/bin/python -m bench.fanout                   # part of `make bench`
     .venv/bin/python -m bench.fanout --members 10 100 --out-dir /tmp/bench
+    .venv/bin/python -m bench.fanout --layers ceiling socketio --members 100 --big-room 0
 
 Each sender sends its next message when its previous one has come back to it through the
 room, so the load clocks itself (no queue grows without bound) and every member receives
 every message: members x senders x messages deliveries. The members, on picows and uvloop,
 run in one client process; with two server processes they alternate between them, so half of
-every delivery crosses processes. The echo ceiling (a raw ASGI echo under plain uvicorn,
-100 connections, 16 B) is measured in the same run, for the ratio.
+every delivery crosses processes. A member speaks its layer's protocol through a small adapter
+(``Plain``, ``RoomsV1``, ``SocketIO``): how it knows it is in the room, how a message is
+wrapped and unwrapped; the rest of the client is one. The echo ceiling (a raw ASGI echo under
+plain uvicorn, 100 connections, 16 B) is measured in the same run, for the ratio.
 
 Writes ``fanout.md`` to ``--out-dir`` (default ``docs/``) and the run record ``runs/fanout.json``
 under it.
@@ -25,45 +30,181 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
-LAYERS = ("ceiling", "memory", "redis-core", "redis-pubsub", "redis-pubsub-2-shards")
 #: The run record, under ``--out-dir`` (docs/ by default): docs/runs/, beside the other runs.
 RECORD = "runs/fanout.json"
+OURS = "project.asgi:application"
+ROOM_PATH = "/ws/broadcast/async/{room}/"
+PEER_ENV = {"DJANGO_SETTINGS_MODULE": "bench.peer_settings"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row kind: the server (a ``LiveServer`` kind and ASGI application), how many processes,
+    how many Redis servers they share (0, 1, or 2 as shards), what the members speak."""
+
+    server: str
+    app: str
+    processes: int = 1
+    redis: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    protocol: str = "plain"  # plain, rooms.v1 or socketio
+    path: str = ROOM_PATH
+
+    @property
+    def ours(self) -> bool:
+        return self.app == OURS
+
+
+LAYERS: dict[str, Layer] = {
+    # A room written by hand on the raw ASGI interface (bench/apps.py).
+    "ceiling": Layer("uvicorn-plain", "bench.apps:fanout_ceiling"),
+    # The project: `manage.py serve`, the room engine its settings pick (memory, or Redis when
+    # REDIS_URL is set), members plain or speaking rooms.v1.
+    "memory": Layer("uvicorn", OURS),
+    "memory-v1": Layer("uvicorn", OURS, protocol="rooms.v1"),
+    "redis": Layer("uvicorn", OURS, 2, redis=1),
+    "redis-v1": Layer("uvicorn", OURS, 2, redis=1, protocol="rooms.v1"),
+    "redis-no-history": Layer("uvicorn", OURS, 2, redis=1, env={"ROOM_HISTORY_SIZE": "0"}),
+    "redis-2-shards": Layer("uvicorn", OURS, 2, redis=2),
+    # The peers (bench/peers.py), under plain uvicorn with their defaults.
+    "socketio": Layer(
+        "uvicorn-plain", "bench.peers:socketio_room", env=PEER_ENV, protocol="socketio",
+        path="/socket.io/?EIO=4&transport=websocket&room={room}",
+    ),
+    "socketio-redis": Layer(
+        "uvicorn-plain", "bench.peers:socketio_room", 2, redis=1, env=PEER_ENV,
+        protocol="socketio", path="/socket.io/?EIO=4&transport=websocket&room={room}",
+    ),
+    "channels-core": Layer(
+        "uvicorn-plain", "bench.peers:channels_chat", 2, redis=1, env=PEER_ENV,
+        path="/ws/chat/{room}/",
+    ),
+}  # fmt: skip
+#: The layers the 10,000-member room runs on: the ceiling, and two processes on Redis.
+BIG_ROOM_LAYERS = ("ceiling", "redis")
 
 
 # --- the client (a process of its own) ------------------------------------------------------
 
 
+class Plain:
+    """The project's plain rooms, the ceiling's and stock Channels': a member is in the room once
+    its handshake is done, and every text frame is a message's body, as sent."""
+
+    headers: dict[str, str] = {}
+    subprotocol: str | None = None
+
+    def opened(self, member) -> None:
+        member.in_room()
+
+    def wrap(self, body: str) -> bytes:
+        return body.encode()
+
+    def unwrap(self, member, text: str) -> str | None:
+        return text
+
+
+class RoomsV1(Plain):
+    """``rooms.v1``: the subprotocol offered (and required back); the member is in the room at
+    its welcome; each message is a JSON envelope, parsed, whose offset must follow the last."""
+
+    headers = {"Sec-WebSocket-Protocol": "rooms.v1"}
+    subprotocol = "rooms.v1"
+
+    def opened(self, member) -> None:
+        pass  # in the room at the welcome
+
+    def unwrap(self, member, text: str) -> str | None:
+        envelope = json.loads(text)
+        if envelope["type"] == "message":
+            if envelope["offset"] != member.offset + 1:
+                member.out_of_order += 1
+            member.offset = envelope["offset"]
+            return envelope["text"]
+        if envelope["type"] == "welcome":
+            member.offset = envelope["offset"]
+            member.in_room()
+        return None
+
+
+class SocketIO(Plain):
+    """Socket.IO 5 on Engine.IO 4, WebSocket transport only: the server's open packet (``0{...}``)
+    is answered with a connect to the default namespace (``40``), which the server acknowledges
+    (``40{...}``) once its connect handler has put the member in the room; pings (``2``) are
+    answered (``3``); a message is the event ``42["message","<body>"]``, parsed as JSON."""
+
+    def opened(self, member) -> None:
+        pass  # in the room at the namespace's acknowledgement
+
+    def wrap(self, body: str) -> bytes:
+        return f'42["message","{body}"]'.encode()
+
+    def unwrap(self, member, text: str) -> str | None:
+        if text.startswith("42"):
+            event, body = json.loads(text[2:])
+            return body if event == "message" else None
+        if text.startswith("0{"):
+            member.send_raw(b"40")
+        elif text.startswith("40"):
+            member.in_room()
+        elif text == "2":
+            member.send_raw(b"3")
+        elif text.startswith(("41", "44", "1")):
+            raise ConnectionError(f"Socket.IO refused or ended the connection: {text[:200]}")
+        return None
+
+
+PROTOCOLS = {"plain": Plain(), "rooms.v1": RoomsV1(), "socketio": SocketIO()}
+
+
 async def room_client(
-    urls: list[str], members: int, senders: int, messages: int, deadline: float
+    urls: list[str], protocol: str, members: int, senders: int, messages: int, deadline: float
 ) -> dict:
     import uvloop  # noqa: F401  (the event loop is set by main)
-    from picows import WSListener, WSMsgType
+    from picows import WSListener, WSMsgType, ws_connect
 
-    from bench.client import open_many, raise_fd_limit
+    from bench.client import raise_fd_limit
 
     raise_fd_limit()
+    adapter = PROTOCOLS[protocol]
+    loop = asyncio.get_running_loop()
     expected = senders * messages
     latencies: list[float] = []
     closes: list[int] = []
-    everyone_done = asyncio.get_running_loop().create_future()
+    everyone_done = loop.create_future()
     state = {"complete": 0}
 
     class Member(WSListener):
         def __init__(self, index: int) -> None:
             self.index, self.received, self.seen = index, 0, set()
-            self.duplicates = 0
+            self.duplicates = self.out_of_order = self.offset = 0
             self.transport = None
             self.sent = 0
+            self.joined = loop.create_future()
+
+        def in_room(self) -> None:
+            if not self.joined.done():
+                self.joined.set_result(None)
+
+        def send_raw(self, data: bytes) -> None:
+            self.transport.send(WSMsgType.TEXT, data)
 
         def on_ws_connected(self, transport) -> None:
             self.transport = transport
+            adapter.opened(self)
+
+        def on_ws_disconnected(self, transport) -> None:
+            if not self.joined.done():
+                self.joined.set_exception(ConnectionError("disconnected before joining the room"))
 
         def send_next(self) -> None:
             self.sent += 1
             body = f"{self.index}:{self.sent}:{time.perf_counter_ns()}"
-            self.transport.send(WSMsgType.TEXT, body.encode())
+            self.transport.send(WSMsgType.TEXT, adapter.wrap(body))
 
         def on_ws_frame(self, transport, frame) -> None:
             if frame.msg_type == WSMsgType.CLOSE:
@@ -71,7 +212,10 @@ async def room_client(
                 return
             if frame.msg_type != WSMsgType.TEXT:
                 return
-            sender, seq, sent_ns = frame.get_payload_as_ascii_text().split(":")
+            body = adapter.unwrap(self, frame.get_payload_as_ascii_text())
+            if body is None:
+                return
+            sender, seq, sent_ns = body.split(":")
             latencies.append((time.perf_counter_ns() - int(sent_ns)) / 1e6)
             key = (sender, seq)
             if key in self.seen:
@@ -85,38 +229,56 @@ async def room_client(
                 if state["complete"] == members and not everyone_done.done():
                     everyone_done.set_result(None)
 
-    pairs = []
-    for part, url in enumerate(urls):  # members alternate between the server processes
-        count = members // len(urls) + (1 if part < members % len(urls) else 0)
-        base = len(pairs)
-        pairs += await open_many(url, count, lambda i, base=base: Member(base + i))
+    gate = asyncio.Semaphore(200)  # handshakes at a time
+
+    def listener(index: int, response):
+        if adapter.subprotocol:
+            chosen = response.headers.get("sec-websocket-protocol")
+            if chosen != adapter.subprotocol:
+                raise ConnectionError(
+                    f"the server did not accept {adapter.subprotocol}: {chosen!r}"
+                )
+        return Member(index)
+
+    async def join(url: str, index: int):
+        async with gate:
+            return await ws_connect(
+                lambda _request, response: listener(index, response),
+                url,
+                max_frame_size=2**21,
+                extra_headers=adapter.headers,
+            )
+
+    # Members alternate between the server processes.
+    pairs = await asyncio.gather(*(join(urls[i % len(urls)], i) for i in range(members)))
     listeners = [listener for _, listener in pairs]
-    for index, listener in enumerate(listeners):
-        listener.index = index
+    await asyncio.wait_for(asyncio.gather(*(m.joined for m in listeners)), 120)
     # Every member is in the room: the driver measures the servers' memory, then says go.
     print(json.dumps({"joined": len(listeners)}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await loop.run_in_executor(None, sys.stdin.readline)
     start = time.perf_counter()
-    for listener in listeners[:senders]:
-        listener.send_next()
+    for member in listeners[:senders]:
+        member.send_next()
     timed_out = False
     try:
         await asyncio.wait_for(everyone_done, deadline)
     except TimeoutError:
         timed_out = True
     elapsed = time.perf_counter() - start
-    delivered = sum(listener.received for listener in listeners)
+    delivered = sum(member.received for member in listeners)
     for transport, _ in pairs:
         transport.disconnect()
     latencies.sort()
     return {
+        "protocol": protocol,
         "members": members,
         "senders": senders,
         "messages_per_sender": messages,
         "expected": members * expected,
         "delivered": delivered,
         "lost": members * expected - delivered,
-        "duplicates": sum(listener.duplicates for listener in listeners),
+        "duplicates": sum(member.duplicates for member in listeners),
+        "out_of_order": sum(member.out_of_order for member in listeners),
         "closes": closes,
         "seconds": elapsed,
         "deliveries_per_s": delivered / elapsed if elapsed else 0.0,
@@ -135,7 +297,7 @@ def messages_for(members: int, senders: int) -> int:
 
 
 def run_room_client(
-    urls: list[str], members: int, senders: int, deadline: float, servers: list
+    urls: list[str], protocol: str, members: int, senders: int, deadline: float, servers: list
 ) -> dict:
     """The room client in its own process; once every member has joined, the servers' RSS
     growth per member is measured (``idle_kib_per_member``), then the messages go."""
@@ -144,9 +306,9 @@ def run_room_client(
 
     before = sum(rss_kib(server.process.pid) for server in servers)
     client = subprocess.Popen(
-        [sys.executable, "-m", "bench.fanout", "client", "--urls", *urls, "--members", str(members),
-         "--senders", str(senders), "--messages", str(messages_for(members, senders)),
-         "--deadline", str(deadline)],
+        [sys.executable, "-m", "bench.fanout", "client", "--urls", *urls, "--protocol", protocol,
+         "--members", str(members), "--senders", str(senders),
+         "--messages", str(messages_for(members, senders)), "--deadline", str(deadline)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -162,19 +324,21 @@ def run_room_client(
     return {**json.loads(output), "idle_kib_per_member": grown / members}
 
 
-def servers_for(layer: str, redis_urls: list[str], env: dict) -> list:
-    """``ceiling``: the raw ASGI room under plain uvicorn; ``memory``: one ``manage.py serve``;
-    ``redis-*``: two, on one Redis, or on two shards (``redis-pubsub-2-shards``)."""
+def servers_for(name: str, redis_urls: list[str], env: dict) -> list:
+    """The layer's server processes, each on ``REDIS_URL`` (empty without Redis; comma-separated
+    shards with two)."""
     from tests.servers import LiveServer
 
-    if layer == "ceiling":
-        return [LiveServer("uvicorn-plain", env=env, app="bench.apps:fanout_ceiling")]
-    if layer == "memory":
-        return [LiveServer("uvicorn", env=env)]
-    urls = redis_urls if layer.endswith("2-shards") else redis_urls[:1]
-    channel_layer = layer.removeprefix("redis-").removesuffix("-2-shards")
-    layer_env = {**env, "REDIS_URL": ",".join(urls), "REDIS_CHANNEL_LAYER": channel_layer}
-    return [LiveServer("uvicorn", env=layer_env) for _ in range(2)]
+    layer = LAYERS[name]
+    layer_env = {**env, "REDIS_URL": ",".join(redis_urls[: layer.redis]), **layer.env}
+    return [LiveServer(layer.server, env=layer_env, app=layer.app) for _ in range(layer.processes)]
+
+
+def engine_of(server) -> dict | None:
+    """What the project's ``/healthz`` says of its rooms (``rooms``, else the channel layer)."""
+    with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=10) as response:
+        health = json.load(response)
+    return health.get("rooms") or health.get("channel_layer")
 
 
 def main_driver(args) -> None:
@@ -194,32 +358,35 @@ def main_driver(args) -> None:
                           "100", "--messages", "30000", timeout=300)  # fmt: skip
     print(f"echo ceiling: {echo['msgs_per_s']:,.0f} msg/s", file=sys.stderr, flush=True)
     redis_servers = []
-    if any(layer.startswith("redis") for layer in args.layers):
+    if needed := max(LAYERS[layer].redis for layer in args.layers):
         if reason := redis_missing():
             raise SystemExit(reason)
-        redis_servers = [RedisServer().start() for _ in range(2)]
+        redis_servers = [RedisServer().start() for _ in range(needed)]
     shapes = [(m, s) for m in args.members for s in args.senders]
     shapes += [(args.big_room, 1)] if args.big_room else []
     rows = []
     ceilings: dict[tuple[int, int], dict] = {}
     try:
         for layer in args.layers:
+            spec = LAYERS[layer]
             servers = servers_for(layer, [r.url for r in redis_servers], env)
             try:
                 for server in servers:
                     server.wait_ready()
+                engine = engine_of(servers[0]) if spec.ours else None
                 for members, senders in shapes:
                     if members == args.big_room and layer not in BIG_ROOM_LAYERS:
                         continue
-                    room = f"bench-{layer}-{members}-{senders}-{time.monotonic_ns()}"
-                    urls = [f"{s.ws_url}/ws/broadcast/async/{room}/" for s in servers]
-                    row = run_room_client(urls, members, senders, args.deadline, servers)
+                    room = f"bench_{members}_{senders}_{time.monotonic_ns()}"
+                    urls = [f"{s.ws_url}{spec.path.format(room=room)}" for s in servers]
+                    row = run_room_client(urls, spec.protocol, members, senders, args.deadline, servers)  # fmt: skip
                     if layer == "ceiling":
                         ceilings[members, senders] = row
                     ceiling_row = ceilings.get((members, senders))
                     row.update(
                         layer=layer,
                         processes=len(servers),
+                        engine=engine,
                         ratio_to_echo=row["deliveries_per_s"] / echo["msgs_per_s"],
                         ratio_to_ceiling=row["deliveries_per_s"] / ceiling_row["deliveries_per_s"]
                         if ceiling_row else None,
@@ -227,10 +394,10 @@ def main_driver(args) -> None:
                         if ceiling_row and ceiling_row["p99_ms"] else None,
                     )  # fmt: skip
                     rows.append(row)
-                    print(f"{layer:12} {len(servers)} proc {members:>5} members {senders:>2} senders: "
+                    print(f"{layer:16} {len(servers)} proc {members:>5} members {senders:>2} senders: "
                           f"{row['deliveries_per_s']:>9,.0f} deliveries/s "
                           f"({(row['ratio_to_ceiling'] or 0):.2f} x ceiling) "
-                          f"p99 {row['p99_ms']:.1f} ms lost {row['lost']} dup {row['duplicates']} "
+                          f"p99 {row['p99_ms'] or 0:.1f} ms lost {row['lost']} dup {row['duplicates']} "
                           f"idle {row['idle_kib_per_member']:.1f} KiB/member"
                           f"{' TIMED OUT' if row['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
             finally:
@@ -240,37 +407,152 @@ def main_driver(args) -> None:
         for redis in redis_servers:
             redis.stop()
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "echo_ceiling_msgs_per_s": echo["msgs_per_s"], "rows": rows}  # fmt: skip
+              "echo_ceiling_msgs_per_s": echo["msgs_per_s"], "big_room": args.big_room,
+              "rows": rows}  # fmt: skip
     (args.out_dir / RECORD).parent.mkdir(parents=True, exist_ok=True)
     (args.out_dir / RECORD).write_text(json.dumps(report, indent=1) + "\n")
     (args.out_dir / "fanout.md").write_text(markdown(report) + "\n")
     print(f"wrote {args.out_dir}/{RECORD}, fanout.md", file=sys.stderr)
 
 
-#: The layers the 10,000-member room runs on: the ceiling, and two processes on Redis pubsub.
-BIG_ROOM_LAYERS = ("ceiling", "redis-pubsub")
+# --- the page -------------------------------------------------------------------------------
+
+#: The rows the goals compare: ours against each peer of the same kind (one process in memory,
+#: two on Redis).
+PEERS_OF = {"memory": ("socketio",), "redis": ("socketio-redis", "channels-core")}
+
+
+def ratio_lines(report: dict) -> tuple[list[str], dict]:
+    """Per shape, deliveries/s of one layer over another's: history on / off, rooms.v1 / plain."""
+    by = {(r["layer"], r["members"], r["senders"]): r for r in report["rows"]}
+    pairs = {
+        "history on vs off (`redis` / `redis-no-history`)": ("redis", "redis-no-history"),
+        "rooms.v1 vs plain in one process (`memory-v1` / `memory`)": ("memory-v1", "memory"),
+        "rooms.v1 vs plain on Redis (`redis-v1` / `redis`)": ("redis-v1", "redis"),
+    }
+    ratios: dict[str, dict] = {}
+    lines = []
+    for title, (top, bottom) in pairs.items():
+        found = {
+            (m, s): by[top, m, s]["deliveries_per_s"] / by[bottom, m, s]["deliveries_per_s"]
+            for (layer, m, s) in by
+            if layer == top and (bottom, m, s) in by and by[bottom, m, s]["deliveries_per_s"]
+        }
+        ratios[top, bottom] = found
+        if found:
+            cells = ", ".join(
+                f"{m:,} x {s}: {ratio:.2f}" for (m, s), ratio in sorted(found.items())
+            )
+            lines.append(f"- {title}, members x senders: {cells}")
+    return lines, ratios
+
+
+def goal_lines(report: dict, ratios: dict) -> list[str]:
+    """The issue's goals, each with what this run measured (at the largest room of the grid
+    below the big room, 1,000 members in a full run)."""
+    rows = report["rows"]
+    by = {(r["layer"], r["members"], r["senders"]): r for r in rows}
+    members = max((r["members"] for r in rows if r["members"] != report.get("big_room")), default=0)
+
+    def verdict(ok: bool | None) -> str:
+        return "no figure in this run" if ok is None else ("met" if ok else "**not met**")
+
+    def ceiling_goal(senders: int, floor: float, p99: float | None) -> str:
+        row = by.get(("redis", members, senders))
+        if not row or row.get("ratio_to_ceiling") is None:
+            return verdict(None)
+        ok = row["ratio_to_ceiling"] >= floor and (p99 is None or row["p99_to_ceiling"] <= p99)
+        extra = f", p99 {row['p99_to_ceiling']:.2f}x" if p99 is not None else ""
+        return f"{row['ratio_to_ceiling']:.2f}x{extra}: {verdict(ok)}"
+
+    def within(pair: tuple[str, str]) -> str:
+        found = {k: v for k, v in ratios.get(pair, {}).items() if k[0] == members}
+        if not found:
+            return verdict(None)
+        cells = ", ".join(f"{s} sender(s) {r:.2f}" for (_, s), r in sorted(found.items()))
+        return f"{cells}: {verdict(all(r >= 0.9 for r in found.values()))}"
+
+    behind = []
+    compared = 0
+    for ours, peers in PEERS_OF.items():
+        for peer in peers:
+            for layer, m, s in by:
+                if layer != peer or (ours, m, s) not in by:
+                    continue
+                compared += 1
+                mine, theirs = by[ours, m, s], by[peer, m, s]
+                if not (
+                    mine["deliveries_per_s"] > theirs["deliveries_per_s"]
+                    and (mine["p99_ms"] or 0) < (theirs["p99_ms"] or float("inf"))
+                ):
+                    behind.append(f"`{ours}` vs `{peer}` at {m:,} x {s}")
+    peers = (
+        verdict(None)
+        if not compared
+        else f"{compared - len(behind)} of {compared} rows: {verdict(not behind)}"
+        + (f" (behind: {'; '.join(behind)})" if behind else "")
+    )
+    lossy = [f"`{r['layer']}` at {r['members']:,} x {r['senders']}" for r in rows
+             if r["lost"] or r["duplicates"] or r.get("out_of_order") or r["timed_out"]]  # fmt: skip
+    big = by.get(("redis", report.get("big_room"), 1))
+    big_room = (
+        verdict(None)
+        if not big
+        else f"{big['lost']} lost, {big['idle_kib_per_member']:.1f} KiB a member: "
+        + verdict(not big["lost"] and big["idle_kib_per_member"] <= 20)
+    )
+    return [
+        f"- Goals (issue 30), at {members:,} members, two processes on one Redis (`redis`):",
+        f"    - 10 senders: >= 0.6x the ceiling's deliveries/s, p99 <= 2x: {ceiling_goal(10, 0.6, 2.0)}",
+        f"    - 1 sender: >= 0.5x the ceiling's deliveries/s: {ceiling_goal(1, 0.5, None)}",
+        f"    - `rooms.v1` within 10 % of plain: in memory {within(('memory-v1', 'memory'))};"
+        f" on Redis {within(('redis-v1', 'redis'))}",
+        f"    - history on costs <= 10 % of deliveries/s: {within(('redis', 'redis-no-history'))}",
+        "    - ahead of the peers in deliveries/s and p99 in every row (`memory` vs `socketio`;"
+        f" `redis` vs `socketio-redis` and `channels-core`): {peers}",
+        "    - nothing lost, duplicated or out of order in any row: "
+        + (verdict(True) if not lossy else f"{verdict(False)} ({'; '.join(lossy)})"),
+        f"    - {report.get('big_room') or 10_000:,} members on `redis` (issue 24): 0 lost, idle"
+        f" memory <= 20 KiB a member: {big_room}",
+    ]
 
 
 def markdown(report: dict) -> str:
+    summary, ratios = ratio_lines(report)
     lines = [
         "# Rooms: fan-out",
         "",
         "Generated by `python -m bench.fanout` (part of `make bench`); every figure is also in",
         f"[fanout.json]({RECORD}). One room; each sender sends its next message when its last",
-        "came back through the room; every member receives every message. `ceiling`: a room",
-        "written by hand on the raw ASGI interface under plain uvicorn (bench/apps.py,",
-        "`fanout_ceiling`: each member's `send` in a set, every message sent to all in one loop),",
-        "in the same run; `memory`: one `manage.py serve` process, the in-memory layer;",
-        "`redis-*`: two processes, members alternating between them, on one Redis or on two",
-        "shards (`REDIS_URL` with two URLs). The echo ceiling (raw ASGI echo, plain uvicorn, 100",
-        f"connections, 16 B) in the same run: {report['echo_ceiling_msgs_per_s']:,.0f} msg/s.",
-        "Idle KiB/member: the servers' RSS growth once every member has joined, per member.",
+        "came back through the room; every member receives every message. The same client (picows",
+        "on uvloop, one process) and the same members for every row; with two server processes",
+        "the members alternate between them.",
+        "",
+        "- `ceiling`: a room written by hand on the raw ASGI interface under plain uvicorn",
+        "  (bench/apps.py, `fanout_ceiling`: each member's `send` in a set, every message sent to",
+        "  all in one loop). Every row's `/ ceiling` is against the ceiling's row of the same shape.",
+        "- `memory`: one `manage.py serve` process, the in-memory room engine, plain members;",
+        "  `memory-v1`: the same, members speaking `rooms.v1`. The client parses every",
+        "  `rooms.v1` envelope and Socket.IO event with `json.loads`, about 2 µs a delivery that",
+        "  plain members do not spend, on the two cores the servers share.",
+        "- `redis`: two `manage.py serve` processes on one Redis (`REDIS_URL`, the default room",
+        "  engine); `redis-v1`: members speaking `rooms.v1`; `redis-no-history`:",
+        "  `ROOM_HISTORY_SIZE=0`; `redis-2-shards`: `REDIS_URL` with two Redis servers.",
+        "- Peers, under plain uvicorn with their defaults (bench/peers.py): `socketio`,",
+        "  python-socketio's `AsyncServer` in one process (Socket.IO over a WebSocket, events",
+        "  parsed as JSON); `socketio-redis`, two processes with `AsyncRedisManager`;",
+        "  `channels-core`, stock Channels, the tutorial's chat consumer (`group_send`) on",
+        "  channels-redis' `RedisChannelLayer`, two processes; its config at the defaults but for",
+        "  `socket_timeout` and `max_connections`, without which it drops every member after 5 s",
+        "  idle and refuses a burst of joins on redis-py 8 (bench/peer_settings.py).",
+        "",
+        "The echo ceiling (raw ASGI echo, plain uvicorn, 100 connections, 16 B) in the same run:",
+        f"{report['echo_ceiling_msgs_per_s']:,.0f} msg/s. Idle KiB/member: the servers' RSS growth",
+        "once every member has joined, per member.",
         "",
         f"- Date: {report['date']}",
-        "- Goals (issue 24): 1,000 members, 1 and 10 senders, in memory and on Redis pubsub",
-        "  across two processes: deliveries/s >= 0.6 x the ceiling's, p99 <= 2 x the ceiling's;",
-        "  nothing lost or duplicated. 10,000 members across two processes: 0 lost, idle memory",
-        "  <= 20 KiB a member.",
+        *summary,
+        *goal_lines(report, ratios),
         "",
         "| layer | processes | members | senders | deliveries | deliveries/s | / ceiling | / echo ceiling | p50 ms | p99 ms | p99 / ceiling | lost | duplicates | idle KiB/member |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -279,10 +561,12 @@ def markdown(report: dict) -> str:
         flag = " (timed out)" if r["timed_out"] else ""
         to_ceiling = f"{r['ratio_to_ceiling']:.2f}" if r.get("ratio_to_ceiling") else "-"
         p99_ratio = f"{r['p99_to_ceiling']:.2f}" if r.get("p99_to_ceiling") else "-"
+        p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
+        p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
         lines.append(
             f"| {r['layer']} | {r['processes']} | {r['members']:,} | {r['senders']} | {r['delivered']:,}{flag} "
-            f"| {r['deliveries_per_s']:,.0f} | {to_ceiling} | {r['ratio_to_echo']:.2f} | {r['p50_ms']:.1f} "
-            f"| {r['p99_ms']:.1f} | {p99_ratio} | {r['lost']} | {r['duplicates']} "
+            f"| {r['deliveries_per_s']:,.0f} | {to_ceiling} | {r['ratio_to_echo']:.2f} | {p50} "
+            f"| {p99} | {p99_ratio} | {r['lost']} | {r['duplicates']} "
             f"| {r['idle_kib_per_member']:.1f} |"
         )
     return "\n".join(lines)
@@ -293,6 +577,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     client = sub.add_parser("client", help="the room client (run by the driver)")
     client.add_argument("--urls", nargs="+", required=True)
+    client.add_argument("--protocol", choices=PROTOCOLS, default="plain")
     client.add_argument("--members", type=int, required=True)
     client.add_argument("--senders", type=int, required=True)
     client.add_argument("--messages", type=int, required=True)
@@ -314,7 +599,9 @@ def main() -> None:
         for url in args.urls:
             check_loopback(url)
         result = uvloop.run(
-            room_client(args.urls, args.members, args.senders, args.messages, args.deadline)
+            room_client(
+                args.urls, args.protocol, args.members, args.senders, args.messages, args.deadline
+            )
         )
         print(json.dumps(result))
         return

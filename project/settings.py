@@ -240,7 +240,9 @@ ROOM_HISTORY_TOTAL_BYTES = env_int("ROOM_HISTORY_TOTAL_BYTES", 256 * 1024 * 1024
 #: Seconds the Redis engine waits to connect, for a command, or for a subscription.
 ROOM_REDIS_TIMEOUT = env_float("ROOM_REDIS_TIMEOUT", 5.0)
 CHANNEL_LAYERS["rooms"] = {
-    "BACKEND": f"app.room_engine.{'RedisRooms' if ROOM_ENGINE == 'redis' else 'MemoryRooms'}",
+    "BACKEND": "app.room_redis.RedisRooms"
+    if ROOM_ENGINE == "redis"
+    else "app.room_engine.MemoryRooms",
     "CONFIG": {
         "capacity": CHANNEL_CAPACITY,
         "capacity_bytes": CHANNEL_CAPACITY_BYTES,

@@ -55,26 +55,79 @@ def test_ab_counts_the_cpu_of_the_servers_worker_processes():
         child.communicate("")
 
 
-def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling(tmp_path):
-    """The room bench: the hand-written raw ASGI room first, then the project, each row with its
+def test_quick_fanout_runs_against_the_raw_asgi_room_ceiling_and_a_peer(tmp_path):
+    """The room bench: the hand-written raw ASGI room first, then the project with plain and
+    rooms.v1 members, then python-socketio (Engine.IO over the same client), each row with its
     ratio to the ceiling of the same shape, nothing lost, idle memory per member measured."""
+    layers = ["ceiling", "memory", "memory-v1", "socketio"]
     result = subprocess.run(
-        [sys.executable, "-m", "bench.fanout", "--layers", "ceiling", "memory", "--members", "20",
+        [sys.executable, "-m", "bench.fanout", "--layers", *layers, "--members", "20",
          "--senders", "1", "--big-room", "0", "--out-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "runs" / "fanout.json").read_text())["rows"]
-    assert [row["layer"] for row in rows] == ["ceiling", "memory"]
+    assert [row["layer"] for row in rows] == layers
+    assert [row["protocol"] for row in rows] == ["plain", "plain", "rooms.v1", "socketio"]
     assert rows[0]["ratio_to_ceiling"] == 1.0
     for row in rows:
         assert row["lost"] == 0 and row["duplicates"] == 0 and not row["timed_out"]
+        assert row["out_of_order"] == 0  # rooms.v1: every offset the one after the last
         assert row["delivered"] == 20 * 300
         assert row["idle_kib_per_member"] > 0
-    assert 0 < rows[1]["ratio_to_ceiling"] < 5
+    for row in rows[1:]:
+        assert 0 < row["ratio_to_ceiling"] < 5
+    assert rows[1]["engine"]["engine"] == "memory"  # what /healthz says the project ran on
     page = (tmp_path / "fanout.md").read_text()
-    assert "| memory | 1 | 20 | 1 |" in page
+    assert "| memory | 1 | 20 | 1 |" in page and "| socketio | 1 | 20 | 1 |" in page
+    assert (
+        "- rooms.v1 vs plain in one process (`memory-v1` / `memory`), members x senders: 20 x 1:"
+        in page
+    )
     assert "](runs/fanout.json)" in page
+
+
+def test_fanout_page_states_each_goal_with_its_figure():
+    """The page's summary from a made-up run: the history and rooms.v1 ratios, and each goal
+    with its figure and verdict, at the largest room below the big room."""
+    from bench.fanout import markdown
+
+    def row(layer, members, senders, rate, p99, ratio=None, p99_ratio=None, **extra):
+        return {"layer": layer, "processes": 2, "members": members, "senders": senders,
+                "delivered": 1, "deliveries_per_s": rate, "ratio_to_ceiling": ratio,
+                "p99_to_ceiling": p99_ratio, "ratio_to_echo": 1.0, "p50_ms": 1.0, "p99_ms": p99,
+                "lost": 0, "duplicates": 0, "out_of_order": 0, "timed_out": False,
+                "idle_kib_per_member": 10.0, **extra}  # fmt: skip
+
+    rows = [
+        row("ceiling", 1000, 10, 100_000, 100.0, 1.0, 1.0),
+        row("ceiling", 1000, 1, 100_000, 20.0, 1.0, 1.0),
+        row("redis", 1000, 10, 70_000, 150.0, 0.7, 1.5),
+        row("redis", 1000, 1, 40_000, 30.0, 0.4, 1.5),
+        row("redis-no-history", 1000, 10, 70_000, 150.0),
+        row("redis-no-history", 1000, 1, 50_000, 30.0),
+        row("redis-v1", 1000, 10, 66_500, 150.0),
+        row("socketio-redis", 1000, 10, 50_000, 200.0),
+        row("socketio-redis", 1000, 1, 45_000, 25.0),
+        row("redis", 10_000, 1, 40_000, 300.0, idle_kib_per_member=18.0),
+    ]
+    page = markdown(
+        {"date": "now", "echo_ceiling_msgs_per_s": 1.0, "big_room": 10_000, "rows": rows}
+    )
+    assert (
+        "history on vs off (`redis` / `redis-no-history`), members x senders: 1,000 x 1: 0.80, 1,000 x 10: 1.00"
+        in page
+    )
+    assert "on Redis (`redis-v1` / `redis`), members x senders: 1,000 x 10: 0.95" in page
+    assert "at 1,000 members, two processes" in page
+    assert "p99 <= 2x: 0.70x, p99 1.50x: met" in page
+    assert ">= 0.5x the ceiling's deliveries/s: 0.40x: **not met**" in page
+    assert (
+        "history on costs <= 10 % of deliveries/s: 1 sender(s) 0.80, 10 sender(s) 1.00: **not met**"
+        in page
+    )
+    assert "1 of 2 rows: **not met** (behind: `redis` vs `socketio-redis` at 1,000 x 1)" in page
+    assert "0 lost, 18.0 KiB a member: met" in page
 
 
 def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):

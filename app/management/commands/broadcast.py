@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from app import protocol
 from app.layers import LAYER_ERRORS, error_text
-from app.room_engine import RedisRooms
 from app.room_log import BROADCAST_SENDER
+from app.room_redis import RedisRooms
 from app.rooms import InvalidRoom, Room
 
 
