@@ -21,6 +21,7 @@ from app import metrics, protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
+from app.presence import Who
 from app.protocol import ConnectionState, Message, Scope
 from app.room_log import ROOMS_V1, Gap, InvalidSince, Member, Since, new_member_id, parse_since
 from app.rooms import InvalidRoom, Room
@@ -83,9 +84,9 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since = join_request(self.scope, self.session)
+            self.room, self.member, since, who = join_request(self.scope, self.session)
             joined = async_to_sync(self.channel_layer.join)(
-                self.room.name, self.channel_name, since
+                self.room.name, self.channel_name, since, who
             )
         except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
@@ -106,6 +107,10 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
             sends = self.member.take(event)
             for message in self.mend(sends) if isinstance(sends, Gap) else sends:
                 self.send(message)
+
+    def room_presence(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN and self.member.v1:
+            self.send(protocol.send_text(event["frame"]))  # a join or leave frame
 
     def room_lost(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
@@ -156,8 +161,8 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since = join_request(self.scope, self.session)
-            joined = await self.channel_layer.join(self.room.name, self.channel_name, since)
+            self.room, self.member, since, who = join_request(self.scope, self.session)
+            joined = await self.channel_layer.join(self.room.name, self.channel_name, since, who)
         except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 await self.send(message)
@@ -177,6 +182,10 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
             sends = self.member.take(event)
             for message in await self.mend(sends) if isinstance(sends, Gap) else sends:
                 await self.send(message)
+
+    async def room_presence(self, event: Message) -> None:
+        if self.session.state is ConnectionState.OPEN and self.member.v1:
+            await self.send(protocol.send_text(event["frame"]))
 
     async def room_lost(self, event: Message) -> None:
         if self.session.state is ConnectionState.OPEN:
@@ -260,14 +269,16 @@ class TraceConsumer(LeanAsyncConsumer):
         raise StopConsumer()
 
 
-def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None]:
-    """The room a handshake asks for, its member, and where a ``rooms.v1`` member resumes;
-    raises ``InvalidRoom`` or ``InvalidSince`` (a malformed ``since`` is refused either way)."""
+def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None, Who]:
+    """The room a handshake asks for, its member, where a ``rooms.v1`` member resumes, and who
+    it is; raises ``InvalidRoom`` or ``InvalidSince`` (a malformed ``since`` is refused either
+    way)."""
     room = Room.from_scope(scope)
     since = parse_since(scope.get("query_string", b""))
     offered = scope.get("subprotocols") or ()
     v1 = choose_subprotocol(offered, session.supported_subprotocols) == ROOMS_V1
-    return room, Member(room.name, new_member_id(), v1), since if v1 else None
+    who = Who(new_member_id())
+    return room, Member(room.name, who.member, v1), since if v1 else None, who
 
 
 def mend_upto(layer, room: Room, gap: Gap) -> int:

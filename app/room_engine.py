@@ -14,17 +14,19 @@ room's offset; the consumer (``app.room_log.Member``) mends a gap from ``history
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 
-from app.layers import BoundedInMemoryChannelLayer, ChannelQueue
+from app.layers import LAYER_ERRORS, BoundedInMemoryChannelLayer, ChannelQueue
 from app.logs import Throttled
+from app.presence import Names, Who, frame, snapshot
 from app.protocol import Message
 from app.room_log import (
     History,
@@ -47,7 +49,8 @@ class RoomState:
     name: str
     epoch: str
     history: History
-    members: set[str] = field(default_factory=set)
+    members: dict[str, Who] = field(default_factory=dict)  # channel: who
+    names: Names = field(default_factory=Names)  # connections per member name, here
     ready: asyncio.Future | None = None  # RedisRooms: set once subscribed and positioned
     early: list[tuple[str, int, str]] = field(default_factory=list)  # arrived before ready
 
@@ -74,18 +77,24 @@ class Rooms(BoundedInMemoryChannelLayer):
         self.held, self.total = 0, settings.ROOM_HISTORY_TOTAL_BYTES
         self.kept: OrderedDict[str, RoomState] = OrderedDict()
         self.evictions = Throttled(logger)
+        self.presence_list = settings.ROOM_PRESENCE_LIST
+        self.presence_events = settings.ROOM_PRESENCE_EVENTS_MAX
 
     # --- what a consumer calls ------------------------------------------------------------
 
-    async def join(self, room: str, channel: str, since: Since | None) -> Joined:
-        """Add ``channel`` to ``room``: live delivery starts after the welcome's offset, or
-        after ``since`` when the history holds everything after it (``replay``)."""
+    async def join(self, room: str, channel: str, since: Since | None, who: Who) -> Joined:
+        """Add ``channel`` (member ``who``) to ``room``: live delivery starts after the
+        welcome's offset, or after ``since`` when the history holds everything after it
+        (``replay``); ``presence`` counts the member in."""
         state = await self.open(room)
-        state.members.add(channel)  # no await since open(): nothing delivered in between
+        state.members[channel] = who  # no await since open(): nothing delivered in between
+        state.names.add(who)
         try:
-            return await self.resume(room, state, since)
+            joined = await self.resume(room, state, since)
+            return replace(joined, presence=await self.arrive(room, state, who))
         except BaseException:
-            state.members.discard(channel)
+            with contextlib.suppress(*LAYER_ERRORS):
+                await self.leave(room, channel)
             raise
 
     async def resume(self, room: str, state: RoomState, since: Since | None) -> Joined:
@@ -106,8 +115,13 @@ class Rooms(BoundedInMemoryChannelLayer):
 
     async def leave(self, room: str, channel: str) -> None:
         state = self.rooms.get(room)
-        if state is not None:
-            state.members.discard(channel)
+        if state is None:
+            return
+        who = state.members.pop(channel, None)
+        try:
+            if who is not None and state.names.remove(who):
+                await self.depart(room, state, who)
+        finally:
             if not state.members:
                 await self.emptied(room, state)
 
@@ -135,6 +149,28 @@ class Rooms(BoundedInMemoryChannelLayer):
 
     async def emptied(self, room: str, state: RoomState) -> None:
         """The room has no member left in this process."""
+
+    async def arrive(self, room: str, state: RoomState, who: Who) -> dict:
+        """Count ``who``'s connection in (``state.names`` has it): the others are told of a
+        member new to the room; the snapshot for its welcome."""
+        names = state.names
+        if names.connections[who.member] == 1 and len(names) <= self.presence_events:
+            self.announce(state, frame("join", who), who.member)
+        return snapshot(len(names), names.first(self.presence_list))
+
+    async def depart(self, room: str, state: RoomState, who: Who) -> None:
+        """``who``'s last connection here has gone: the others are told it left."""
+        if len(state.names) < self.presence_events:
+            self.announce(state, frame("leave", who), who.member)
+
+    def announce(self, state: RoomState, presence_frame: str, name: str) -> None:
+        """Queue a ``join`` or ``leave`` frame for every member here but ``name``'s own
+        connections (best effort: a full queue drops it, as Phoenix's presence diffs)."""
+        event = {"type": "room.presence", "frame": presence_frame}
+        size, now = 200 + len(presence_frame), time.time()
+        for channel, who in list(state.members.items()):
+            if who.member != name:
+                self._put(channel, event, dict, size, now)
 
     async def room_last(self, room: str, state: RoomState) -> int:
         """The room's last offset wherever it is kept (a process may lag Redis)."""
@@ -188,6 +224,7 @@ class Rooms(BoundedInMemoryChannelLayer):
         """Forget a room (its members, if any, were told to go); joins waiting on it start
         again."""
         state.members.clear()
+        state.names = Names()
         if self.rooms.get(room) is state:
             del self.rooms[room]
             self.kept.pop(room, None)

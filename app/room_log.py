@@ -97,7 +97,14 @@ def room_event(offset: int, published: str) -> Message:
     return event
 
 
-def welcome(room: str, member: str, epoch: str, offset: int, recovered: bool | None) -> Message:
+def welcome(
+    room: str,
+    member: str,
+    epoch: str,
+    offset: int,
+    recovered: bool | None,
+    presence: dict | None = None,
+) -> Message:
     """The first frame a ``rooms.v1`` member gets."""
     frame: dict = {
         "type": "welcome",
@@ -108,6 +115,8 @@ def welcome(room: str, member: str, epoch: str, offset: int, recovered: bool | N
     }
     if recovered is not None:
         frame["recovered"] = recovered
+    if presence is not None:
+        frame["presence"] = presence
     return protocol.send_text(json.dumps(frame, separators=(",", ":")))
 
 
@@ -121,6 +130,7 @@ class Joined:
     recovered: bool | None
     replay: list[Message]
     start: int
+    presence: dict | None = None  # the welcome's: count and members
 
 
 @dataclass(frozen=True)
@@ -223,7 +233,10 @@ class Member:
         frames = [self.frame(event) for event in joined.replay]
         if not self.v1:
             return frames
-        return [welcome(self.room, self.id, joined.epoch, joined.offset, joined.recovered), *frames]
+        first = welcome(
+            self.room, self.id, joined.epoch, joined.offset, joined.recovered, joined.presence
+        )
+        return [first, *frames]
 
     def frame(self, event: Message) -> Message:
         if self.v1:

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 
 from app.layers import LAYER_ERRORS, error_text
 from app.logs import Throttled
+from app.presence import Who, about, frame, snapshot
 from app.protocol import Message
 from app.room_engine import Rooms, RoomState
 from app.room_log import History, new_epoch, payload, room_event
@@ -80,9 +81,79 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {epoch, redis.call('HGET', KEYS[1], 'o') or 0}
 """
 
+#: Presence, per room: ``conns`` (a sorted set of ``<process>|<name>``, scored by the time by
+#: which its process must renew it), ``names`` (a hash: each member name's count of processes),
+#: ``users`` (each name's user, "" for none). LEAVE is shared: an entry removed, its name
+#: counted down, and at zero the ``leave`` frame PUBLISHed (``!`` and the frame) while the room
+#: is within ARGV[1] members. KEYS: conns, names, users.
+LEAVE = """
+local function leave(entry, channel, events)
+  if redis.call('ZREM', KEYS[1], entry) == 0 then return end
+  local name = string.sub(entry, string.find(entry, '|', 1, true) + 1)
+  if redis.call('HINCRBY', KEYS[2], name, -1) > 0 then return end
+  local user = redis.call('HGET', KEYS[3], name)
+  redis.call('HDEL', KEYS[2], name)
+  redis.call('HDEL', KEYS[3], name)
+  if redis.call('HLEN', KEYS[2]) < events then
+    user = (user and user ~= '') and cjson.encode(user) or 'null'
+    redis.call('PUBLISH', channel, '!{"type":"leave","member":{"member":' .. cjson.encode(name)
+      .. ',"user":' .. user .. '}}')
+  end
+end
+local function reap(now, channel, events)
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+    leave(entry, channel, events)
+  end
+end
+"""
+
+#: ARGV: events max, pubsub channel, now, entry, name, user, deadline, list size, join frame,
+#: TTL. Reaps the entries their processes stopped renewing, adds this one (a name new to the
+#: room is announced), and returns the count and the first names with their users.
+ARRIVE = (
+    LEAVE
+    + """
+local events = tonumber(ARGV[1])
+reap(ARGV[3], ARGV[2], events)
+if redis.call('ZADD', KEYS[1], ARGV[7], ARGV[4]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+  if redis.call('HINCRBY', KEYS[2], ARGV[5], 1) == 1 and redis.call('HLEN', KEYS[2]) <= events then
+    redis.call('PUBLISH', ARGV[2], '!' .. ARGV[9])
+  end
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
+local names = {}
+local scan = redis.call('HSCAN', KEYS[2], 0, 'COUNT', ARGV[8])[2]
+for i = 1, #scan, 2 do
+  if #names < tonumber(ARGV[8]) then names[#names + 1] = scan[i] end
+end
+local users = #names > 0 and redis.call('HMGET', KEYS[3], unpack(names)) or {}
+return {redis.call('HLEN', KEYS[2]), names, users}
+"""
+)
+
+#: ARGV: events max, pubsub channel, entry. The last connection of a name in a process.
+DEPART = LEAVE + "leave(ARGV[3], ARGV[2], tonumber(ARGV[1]))"
+
+#: ARGV: events max, pubsub channel, now, TTL, then deadline and entry pairs: renews this
+#: process's entries and reaps the ones nobody renewed (a process that died without a word).
+RENEW = (
+    LEAVE
+    + """
+for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+reap(ARGV[3], ARGV[2], tonumber(ARGV[1]))
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+"""
+)
+
 #: How long a room's epoch and offset outlive its last message: a week. Past it, the room
 #: starts again on a new epoch (its history, ``ROOM_HISTORY_TTL``, went long before).
 META_TTL = 7 * 24 * 3600
+
+
+def presence_keys(room: str) -> list[str]:
+    """The room's presence: ``conns``, ``names``, ``users`` (``ARRIVE``), on the room's shard."""
+    return [f"rooms:{{{room}}}:conns", f"rooms:{{{room}}}:names", f"rooms:{{{room}}}:users"]
 
 
 def keys(room: str) -> tuple[str, str, str]:
@@ -98,6 +169,9 @@ class Shard:
         self.rooms, self.client, self.subscriber = rooms, client, subscriber
         self.publish_script = client.register_script(PUBLISH)
         self.position_script = client.register_script(POSITION)
+        self.arrive_script = client.register_script(ARRIVE)
+        self.depart_script = client.register_script(DEPART)
+        self.renew_script = client.register_script(RENEW)
         self.pubsub = None
         self.reader: asyncio.Task | None = None
         self.confirmed: dict[bytes, asyncio.Future] = {}
@@ -166,7 +240,10 @@ class RedisRooms(Rooms):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.channel_rooms: dict[bytes, str] = {}
         self.failures = Throttled(logger)
-        self.tasks: set[asyncio.Task] = set()  # mends under way
+        self.tasks: set[asyncio.Task] = set()  # mends under way, and the presence renewal
+        #: This process in the rooms' presence entries (``<process>|<name>``).
+        self.process = new_epoch()
+        self.presence_timeout = settings.ROOM_PRESENCE_TIMEOUT
 
     def shard(self, room: str) -> Shard:
         loop = asyncio.get_running_loop()
@@ -174,7 +251,69 @@ class RedisRooms(Rooms):
             self.loop, self.rooms, self.channel_rooms = loop, {}, {}
             self.held, self.kept = 0, OrderedDict()
             self.shards = [Shard(self, *pair) for pair in redis_clients()]
+            self.background(self.renew())
         return self.shards[zlib.crc32(room.encode()) % len(self.shards)]
+
+    def background(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- presence -------------------------------------------------------------------------
+
+    def presence_args(self, room: str) -> list:
+        return [self.presence_events, keys(room)[2], time.time()]
+
+    async def arrive(self, room: str, state: RoomState, who: Who) -> dict:
+        """Counted in Redis, on every process: the snapshot is the whole room's."""
+        count, names, users = await self.shard(room).arrive_script(
+            keys=presence_keys(room),
+            args=[
+                *self.presence_args(room),
+                f"{self.process}|{who.member}",
+                who.member,
+                who.user or "",
+                time.time() + self.presence_timeout,
+                self.presence_list,
+                frame("join", who),
+                3 * self.presence_timeout,
+            ],
+        )
+        listed = [
+            Who(name.decode(), user.decode() or None if user is not None else None)
+            for name, user in zip(names, users, strict=True)
+        ]
+        return snapshot(count, listed)
+
+    async def depart(self, room: str, state: RoomState, who: Who) -> None:
+        await self.shard(room).depart_script(
+            keys=presence_keys(room),
+            args=[self.presence_events, keys(room)[2], f"{self.process}|{who.member}"],
+        )
+
+    async def renew(self) -> None:
+        """Every third of ``ROOM_PRESENCE_TIMEOUT``: renew this process's presence entries, and
+        reap those of a process that stopped renewing (killed: its members leave, with ``leave``
+        frames, within the timeout and a third)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.presence_timeout / 3)  # a period, not a synchronisation
+            if self.loop is not loop:
+                return
+            deadline = time.time() + self.presence_timeout
+            for room, state in list(self.rooms.items()):
+                if not state.names or (state.ready is not None and not state.ready.done()):
+                    continue
+                pairs = []
+                for name in state.names.connections:
+                    pairs += [deadline, f"{self.process}|{name}"]
+                try:
+                    await self.shard(room).renew_script(
+                        keys=presence_keys(room),
+                        args=[*self.presence_args(room), 3 * self.presence_timeout, *pairs],
+                    )
+                except LAYER_ERRORS as error:
+                    self.failures.warning("presence not renewed: %s", error_text(error))
 
     async def open(self, room: str) -> RoomState:
         """The room, subscribed to and positioned (its epoch and last offset read after the
@@ -271,6 +410,10 @@ class RedisRooms(Rooms):
         state = self.rooms.get(room) if room is not None else None
         if state is None:
             return  # unsubscribed since
+        if data[:1] == b"!":  # a join or leave frame
+            presence_frame = data[1:].decode()
+            self.announce(state, presence_frame, about(presence_frame))
+            return
         epoch, offset, published = data.decode().split(":", 2)
         if state.ready is not None and not state.ready.done():
             state.early.append((epoch, int(offset), published))

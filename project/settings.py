@@ -237,6 +237,12 @@ ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 4 * 1024 * 1024)
 #: What one process keeps of every room's history together (the memory engine's history, the
 #: Redis engine's recent part of it); past it, the least recently written rooms' go first.
 ROOM_HISTORY_TOTAL_BYTES = env_int("ROOM_HISTORY_TOTAL_BYTES", 256 * 1024 * 1024)
+#: Presence: the members a welcome lists (its count is always the whole room); join and leave
+#: frames go out while a room has at most ROOM_PRESENCE_EVENTS_MAX members; a process that
+#: died without a word has its members leave within ROOM_PRESENCE_TIMEOUT seconds (Redis).
+ROOM_PRESENCE_LIST = env_int("ROOM_PRESENCE_LIST", 100)
+ROOM_PRESENCE_EVENTS_MAX = env_int("ROOM_PRESENCE_EVENTS_MAX", 1000)
+ROOM_PRESENCE_TIMEOUT = env_int("ROOM_PRESENCE_TIMEOUT", 10)
 #: Seconds the Redis engine waits to connect, for a command, or for a subscription.
 ROOM_REDIS_TIMEOUT = env_float("ROOM_REDIS_TIMEOUT", 5.0)
 CHANNEL_LAYERS["rooms"] = {
