@@ -86,7 +86,7 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
         try:
             self.room, self.member, since, who = join_request(self.scope, self.session)
             joined = async_to_sync(self.channel_layer.join)(
-                self.room.name, self.channel_name, since, who
+                self.room.name, self.channel_name, since, who, watch=self.member.v1
             )
         except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
@@ -162,7 +162,9 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
         self.session = Session.from_settings(self.scope, consumer="async", subprotocols=[ROOMS_V1])
         try:
             self.room, self.member, since, who = join_request(self.scope, self.session)
-            joined = await self.channel_layer.join(self.room.name, self.channel_name, since, who)
+            joined = await self.channel_layer.join(
+                self.room.name, self.channel_name, since, who, watch=self.member.v1
+            )
         except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 await self.send(message)

@@ -51,6 +51,7 @@ class RoomState:
     history: History
     members: dict[str, Who] = field(default_factory=dict)  # channel: who
     names: Names = field(default_factory=Names)  # connections per member name, here
+    watchers: set[str] = field(default_factory=set)  # channels that get join and leave frames
     ready: asyncio.Future | None = None  # RedisRooms: set once subscribed and positioned
     early: list[tuple[str, int, str]] = field(default_factory=list)  # arrived before ready
 
@@ -82,13 +83,18 @@ class Rooms(BoundedInMemoryChannelLayer):
 
     # --- what a consumer calls ------------------------------------------------------------
 
-    async def join(self, room: str, channel: str, since: Since | None, who: Who) -> Joined:
+    async def join(
+        self, room: str, channel: str, since: Since | None, who: Who, *, watch: bool = False
+    ) -> Joined:
         """Add ``channel`` (member ``who``) to ``room``: live delivery starts after the
         welcome's offset, or after ``since`` when the history holds everything after it
-        (``replay``); ``presence`` counts the member in."""
+        (``replay``); ``presence`` counts the member in. ``watch``: the channel gets the join
+        and leave frames (``rooms.v1`` members; plain ones have no use for them)."""
         state = await self.open(room)
         state.members[channel] = who  # no await since open(): nothing delivered in between
         state.names.add(who)
+        if watch:
+            state.watchers.add(channel)
         try:
             joined = await self.resume(room, state, since)
             return replace(joined, presence=await self.arrive(room, state, who))
@@ -118,6 +124,7 @@ class Rooms(BoundedInMemoryChannelLayer):
         if state is None:
             return
         who = state.members.pop(channel, None)
+        state.watchers.discard(channel)
         try:
             if who is not None and state.names.remove(who):
                 await self.depart(room, state, who)
@@ -168,8 +175,9 @@ class Rooms(BoundedInMemoryChannelLayer):
         connections (best effort: a full queue drops it, as Phoenix's presence diffs)."""
         event = {"type": "room.presence", "frame": presence_frame}
         size, now = 200 + len(presence_frame), time.time()
-        for channel, who in list(state.members.items()):
-            if who.member != name:
+        members = state.members
+        for channel in list(state.watchers):
+            if members[channel].member != name:
                 self._put(channel, event, dict, size, now)
 
     async def room_last(self, room: str, state: RoomState) -> int:
@@ -224,7 +232,7 @@ class Rooms(BoundedInMemoryChannelLayer):
         """Forget a room (its members, if any, were told to go); joins waiting on it start
         again."""
         state.members.clear()
-        state.names = Names()
+        state.names, state.watchers = Names(), set()
         if self.rooms.get(room) is state:
             del self.rooms[room]
             self.kept.pop(room, None)

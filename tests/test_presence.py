@@ -60,7 +60,7 @@ async def test_one_name_with_several_connections_is_one_member():
     layer = get_channel_layer("rooms")
     room, who, other = new_room(), Who("ana", "ana"), Who("bo")
     watcher = await layer.new_channel()
-    await layer.join(room, watcher, None, other)
+    await layer.join(room, watcher, None, other, watch=True)
     channels = [await layer.new_channel() for _ in range(2)]
     first = await layer.join(room, channels[0], None, who)
     second = await layer.join(room, channels[1], None, who)
@@ -87,7 +87,7 @@ async def test_the_welcome_lists_at_most_the_list_size_and_events_stop_past_the_
         layer = get_channel_layer("rooms")
         room = new_room()
         watcher = await layer.new_channel()
-        await layer.join(room, watcher, None, Who("w"))
+        await layer.join(room, watcher, None, Who("w"), watch=True)
         joins = []
         for number in range(4):
             joined = await layer.join(room, await layer.new_channel(), None, Who(f"m{number}"))
