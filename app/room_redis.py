@@ -29,136 +29,18 @@ from app.presence import Who, about, frame, snapshot
 from app.protocol import Message
 from app.room_engine import Rooms, RoomState
 from app.room_log import History, new_epoch, payload, room_event
+from app.room_scripts import (
+    ARRIVE,
+    DEPART,
+    META_TTL,
+    POSITION,
+    PUBLISH,
+    RENEW,
+    keys,
+    presence_keys,
+)
 
 logger = logging.getLogger("app.rooms")
-
-#: KEYS: meta, log. ARGV: pubsub channel, an epoch for a new room, payload, size, bytes, TTL,
-#: meta TTL. The room's epoch is made here, with an empty log, if Redis has none (a new room, or
-#: a Redis that lost it) or if another Redis server made it (``r``, the server's run id): after a
-#: failover the new master holds only what reached it, and going on under the old epoch would
-#: hand out again offsets the old master gave to other messages. The offset is the meta's ``o``
-#: plus one; the log holds ``p``ayload and ``t``ime, trimmed to the size and bytes; then the
-#: PUBLISH. One script: a message is in the history before any member can see it, and offsets
-#: are consecutive.
-PUBLISH = """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch or redis.call('HGET', KEYS[1], 'r') ~= run then
-  epoch = ARGV[2]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'r', run, 'o', 0, 'b', 0)
-  redis.call('DEL', KEYS[2])
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local size, max_bytes, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if size > 0 and max_bytes > 0 and ttl > 0 then
-  if redis.call('XLEN', KEYS[2]) == 0 then redis.call('HSET', KEYS[1], 'b', 0) end
-  redis.call('XADD', KEYS[2], offset .. '-0', 't', redis.call('TIME')[1], 'p', ARGV[3])
-  local held = redis.call('HINCRBY', KEYS[1], 'b', #ARGV[3])
-  local n = redis.call('XLEN', KEYS[2])
-  while n > size or (held > max_bytes and n > 1) do
-    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', KEYS[2], first[1])
-    held = redis.call('HINCRBY', KEYS[1], 'b', -#first[2][4])
-    n = n - 1
-  end
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. ARGV[3])
-return {epoch, offset}
-"""
-
-#: KEYS: meta, log. ARGV: an epoch for a new room, meta TTL. The room's epoch and last offset.
-POSITION = """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch or redis.call('HGET', KEYS[1], 'r') ~= run then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'r', run, 'o', 0, 'b', 0)
-  redis.call('DEL', KEYS[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return {epoch, redis.call('HGET', KEYS[1], 'o') or 0}
-"""
-
-#: Presence, per room: ``conns`` (a sorted set of ``<process>|<name>``, scored by the time by
-#: which its process must renew it), ``names`` (a hash: each member name's count of processes),
-#: ``users`` (each name's user, "" for none). LEAVE is shared: an entry removed, its name
-#: counted down, and at zero the ``leave`` frame PUBLISHed (``!`` and the frame) while the room
-#: is within ARGV[1] members. KEYS: conns, names, users.
-LEAVE = """
-local function leave(entry, channel, events)
-  if redis.call('ZREM', KEYS[1], entry) == 0 then return end
-  local name = string.sub(entry, string.find(entry, '|', 1, true) + 1)
-  if redis.call('HINCRBY', KEYS[2], name, -1) > 0 then return end
-  local user = redis.call('HGET', KEYS[3], name)
-  redis.call('HDEL', KEYS[2], name)
-  redis.call('HDEL', KEYS[3], name)
-  if redis.call('HLEN', KEYS[2]) < events then
-    user = (user and user ~= '') and cjson.encode(user) or 'null'
-    redis.call('PUBLISH', channel, '!{"type":"leave","member":{"member":' .. cjson.encode(name)
-      .. ',"user":' .. user .. '}}')
-  end
-end
-local function reap(now, channel, events)
-  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-    leave(entry, channel, events)
-  end
-end
-"""
-
-#: ARGV: events max, pubsub channel, now, entry, name, user, deadline, list size, join frame,
-#: TTL. Reaps the entries their processes stopped renewing, adds this one (a name new to the
-#: room is announced), and returns the count and the first names with their users.
-ARRIVE = (
-    LEAVE
-    + """
-local events = tonumber(ARGV[1])
-reap(ARGV[3], ARGV[2], events)
-if redis.call('ZADD', KEYS[1], ARGV[7], ARGV[4]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
-  if redis.call('HINCRBY', KEYS[2], ARGV[5], 1) == 1 and redis.call('HLEN', KEYS[2]) <= events then
-    redis.call('PUBLISH', ARGV[2], '!' .. ARGV[9])
-  end
-end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
-local names = {}
-local scan = redis.call('HSCAN', KEYS[2], 0, 'COUNT', ARGV[8])[2]
-for i = 1, #scan, 2 do
-  if #names < tonumber(ARGV[8]) then names[#names + 1] = scan[i] end
-end
-local users = #names > 0 and redis.call('HMGET', KEYS[3], unpack(names)) or {}
-return {redis.call('HLEN', KEYS[2]), names, users}
-"""
-)
-
-#: ARGV: events max, pubsub channel, entry. The last connection of a name in a process.
-DEPART = LEAVE + "leave(ARGV[3], ARGV[2], tonumber(ARGV[1]))"
-
-#: ARGV: events max, pubsub channel, now, TTL, then deadline and entry pairs: renews this
-#: process's entries and reaps the ones nobody renewed (a process that died without a word).
-RENEW = (
-    LEAVE
-    + """
-for i = 5, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-reap(ARGV[3], ARGV[2], tonumber(ARGV[1]))
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-"""
-)
-
-#: How long a room's epoch and offset outlive its last message: a week. Past it, the room
-#: starts again on a new epoch (its history, ``ROOM_HISTORY_TTL``, went long before).
-META_TTL = 7 * 24 * 3600
-
-
-def presence_keys(room: str) -> list[str]:
-    """The room's presence: ``conns``, ``names``, ``users`` (``ARRIVE``), on the room's shard."""
-    return [f"rooms:{{{room}}}:conns", f"rooms:{{{room}}}:names", f"rooms:{{{room}}}:users"]
-
-
-def keys(room: str) -> tuple[str, str, str]:
-    """The room's meta hash, log stream and pubsub channel: one hash tag, so one shard."""
-    return f"rooms:{{{room}}}:meta", f"rooms:{{{room}}}:log", f"rooms:{{{room}}}"
 
 
 class Shard:
