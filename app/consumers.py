@@ -21,8 +21,9 @@ from app import metrics, protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
-from app.presence import Who
 from app.protocol import ConnectionState, Message, Scope
+from app.room_access import AccessRefused, Grant, grant_for
+from app.room_access import refusal as access_refusal
 from app.room_log import ROOMS_V1, Gap, InvalidSince, Member, Since, new_member_id, parse_since
 from app.rooms import InvalidRoom, Room
 from app.session import Session, choose_subprotocol
@@ -84,11 +85,15 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since, who = join_request(self.scope, self.session)
+            self.room, self.member, since, grant = join_request(self.scope, self.session)
             joined = async_to_sync(self.channel_layer.join)(
-                self.room.name, self.channel_name, since, who, watch=self.member.v1
+                self.room.name,
+                self.channel_name,
+                since,
+                self.member.who(grant),
+                watch=self.member.v1,
             )
-        except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
+        except (InvalidRoom, InvalidSince, AccessRefused, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 self.send(message)
             raise StopConsumer() from None
@@ -98,7 +103,8 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)  # the echo, a close, or None
         if reply and reply["type"] == "websocket.send":
-            reply = self.publish(reply)  # to the room instead; a close if that fails
+            # To the room instead (a close if that fails, or if the member may only read).
+            reply = self.publish(reply) if self.member.publish else self.session.read_only()
         if reply:
             self.send(reply)
 
@@ -161,11 +167,15 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since, who = join_request(self.scope, self.session)
+            self.room, self.member, since, grant = join_request(self.scope, self.session)
             joined = await self.channel_layer.join(
-                self.room.name, self.channel_name, since, who, watch=self.member.v1
+                self.room.name,
+                self.channel_name,
+                since,
+                self.member.who(grant),
+                watch=self.member.v1,
             )
-        except (InvalidRoom, InvalidSince, *LAYER_ERRORS) as error:
+        except (InvalidRoom, InvalidSince, AccessRefused, *LAYER_ERRORS) as error:
             for message in room_refusal(self.scope, error):
                 await self.send(message)
             raise StopConsumer() from None
@@ -175,7 +185,7 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     async def websocket_receive(self, event: Message) -> None:
         reply = self.session.reply(event)
         if reply and reply["type"] == "websocket.send":
-            reply = await self.publish(reply)
+            reply = await self.publish(reply) if self.member.publish else self.session.read_only()
         if reply:
             await self.send(reply)
 
@@ -271,16 +281,17 @@ class TraceConsumer(LeanAsyncConsumer):
         raise StopConsumer()
 
 
-def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None, Who]:
-    """The room a handshake asks for, its member, where a ``rooms.v1`` member resumes, and who
-    it is; raises ``InvalidRoom`` or ``InvalidSince`` (a malformed ``since`` is refused either
-    way)."""
+def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None, Grant]:
+    """The room a handshake asks for, its member, where a ``rooms.v1`` member resumes, and
+    what it may do; raises ``InvalidRoom`` or ``InvalidSince`` (400: a malformed ``since`` is
+    refused on either protocol), then ``AccessRefused`` (403, app/room_access.py)."""
     room = Room.from_scope(scope)
     since = parse_since(scope.get("query_string", b""))
+    grant = grant_for(scope, room.name)
     offered = scope.get("subprotocols") or ()
     v1 = choose_subprotocol(offered, session.supported_subprotocols) == ROOMS_V1
-    who = Who(new_member_id())
-    return room, Member(room.name, who.member, v1), since if v1 else None, who
+    member = Member(room.name, grant.member or new_member_id(), v1, publish=grant.publish)
+    return room, member, since if v1 else None, grant
 
 
 def mend_upto(layer, room: Room, gap: Gap) -> int:
@@ -298,8 +309,10 @@ def mended(
 
 
 def room_refusal(scope: Scope, error: Exception) -> list[Message]:
-    """The handshake refusal for a bad room name or ``since`` (400) or an unreachable channel
-    layer (503)."""
+    """The handshake refusal for a bad room name or ``since`` (400), no access (403), or an
+    unreachable channel layer (503)."""
+    if isinstance(error, AccessRefused):
+        return access_refusal(scope, error)
     if isinstance(error, InvalidRoom):
         return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
     if isinstance(error, InvalidSince):

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from app.behaviours import Behaviours, InvalidBehaviour
 from app.handshake import allowed_hosts_origin_validator
+from app.room_access import EXPIRED, NO_TOKEN, OTHER_ROOM, TAMPERED, AccessRefused, grant_for
 from app.room_log import ROOMS_V1, InvalidSince, parse_since
 from app.rooms import InvalidRoom, Room
 from app.session import choose_subprotocol
@@ -27,12 +28,23 @@ class Verdict:
 
     ok: bool
     status: int  # the HTTP status of the refusal (101 when accepted)
-    rule: str  # route, origin, room, since, layer, behaviour, trace_token, trace_listeners,
-    # subprotocol, or ""
+    rule: str  # route, origin, room, since, token, layer, behaviour, trace_token,
+    # trace_listeners, subprotocol, or ""
     reason: str
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: What to do about each refusal of app/room_access.py.
+TOKEN_HELP = {
+    NO_TOKEN: "room {room} is private (ROOMS_PRIVATE): connect with ?token=, issued by"
+    " POST /rooms/{room}/token to a signed-in user with a grant, or by manage.py room-token",
+    TAMPERED: "the token's signature does not hold (altered, cut short, or signed with another"
+    " secret): ask for a new one",
+    EXPIRED: "the token has expired: ask for a new one",
+    OTHER_ROOM: "the token was issued for another room: a token opens one room",
+}
 
 
 def refused(status: HTTPStatus | int, rule: str, reason: str) -> Verdict:
@@ -46,12 +58,14 @@ def explain(
     subprotocols: list[str],
     session,
     layer_reachable,
+    user=None,
     host: str | None = None,
     secure: bool = False,
 ) -> Verdict:
     """The verdict on a handshake to ``path``, checked in the order the stack checks it:
     Origin (project/asgi.py's validator), route (app/routing.py), room name and ``since``
-    (app/room_log.py), channel layer,
+    (app/room_log.py), the room's access (``user``: the session's, app/room_access.py), channel
+    layer,
     a trace socket's token and its listeners, then the subprotocol the consumer would pick.
 
     ``host`` and ``secure``: the ``Host`` and the scheme the handshake would come with; the page
@@ -84,6 +98,11 @@ def explain(
             parse_since(query)
         except InvalidSince as error:
             return refused(HTTPStatus.BAD_REQUEST, "since", f"invalid since: {error}")
+        try:
+            grant_for({"query_string": query.encode(), "user": user}, kwargs["room"])
+        except AccessRefused as error:
+            why = TOKEN_HELP[error.reason].format(room=kwargs["room"])
+            return refused(HTTPStatus.FORBIDDEN, "token", f"{error.reason}: {why}")
         if not layer_reachable():
             return refused(
                 HTTPStatus.SERVICE_UNAVAILABLE,

@@ -9,7 +9,7 @@ with a one-line body where the server supports the ``websocket.http.response`` e
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -23,14 +23,23 @@ from app.protocol import ASGIApp, Message, Receive, Scope, Send, ServerFeatures,
 logger = logging.getLogger("app.handshake")
 
 
-def denial(scope: Scope, status: HTTPStatus, why: str, *, reason: str) -> list[Message]:
+def denial(
+    scope: Scope,
+    status: HTTPStatus,
+    why: str,
+    *,
+    reason: str,
+    warn: Callable[..., None] | None = None,
+) -> list[Message]:
     """The messages that refuse a handshake with ``status``, logged once with ``why``.
 
     Sent in answer to ``websocket.connect``, before any ``websocket.accept``; counted in
     ``channels_echo_refusals_total`` under ``reason`` (one of ``metrics.REFUSAL_REASONS``).
+    ``warn`` logs the line instead of ``app.handshake``'s WARNING: a ``Throttled.warning``
+    for refusals a flood repeats (app/room_access.py).
     """
     metrics.refused(reason)
-    logger.warning(
+    (warn or logger.warning)(
         "refused %s %s: %d %s", peer(scope.get("client")), scope.get("path"), status, why
     )
     if not ServerFeatures.from_scope(scope).denial_response:

@@ -28,11 +28,13 @@ def escape_controls(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-#: Secrets that ride in a URL: a ``trace=`` or any ``...token=`` query value, and the token
-#: in a trace socket's path (``/ws/trace/<token>/``). Whoever reads the log must not be able
-#: to attach to a page's trace with them.
+#: Secrets that ride in a URL: a ``trace=`` or any ``...token=`` query value (a room token,
+#: app/room_access.py), also percent-encoded inside another parameter (``/handshake-check?path=
+#: ...%3Ftoken%3D...``), and the token in a trace socket's path (``/ws/trace/<token>/``). Whoever
+#: reads the log must not be able to attach to a page's trace, or join a room, with them.
 _SECRETS = re.compile(
-    r"(?P<name>(?<![A-Za-z0-9])(?:trace|[A-Za-z0-9_.-]*token)=)[^&\s\"'#]+"
+    r"(?P<name>(?:(?<![A-Za-z0-9])|(?<=%3F)|(?<=%26))(?:trace|[A-Za-z0-9_.-]*token)(?:=|%3D))"
+    r"[^&\s\"'#]+"
     r"|(?P<path>(?:/|%2F)ws(?:/|%2F)trace(?:/|%2F))[^/?%&\s\"']+",
     re.IGNORECASE,
 )
@@ -40,7 +42,7 @@ _SECRETS = re.compile(
 
 def redact(text: str) -> str:
     """``text`` with the values ``_SECRETS`` names written ``(redacted)``."""
-    if "=" not in text and "trace" not in text:
+    if "=" not in text and "trace" not in text and "%3" not in text:
         return text  # nearly every line: no regex
     return _SECRETS.sub(lambda m: (m["name"] or m["path"]) + "(redacted)", text)
 

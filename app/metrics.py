@@ -51,6 +51,7 @@ REFUSAL_REASONS = (
     "route",  # no WebSocket route at the path (404)
     "room",  # an invalid room name (400)
     "trace_token",  # a trace token not of this session (403)
+    "room_access",  # a private room without a token, or a token not valid for the room (403)
     "trace_listeners",  # a trace token with TRACE_LISTENERS_PER_TOKEN sockets open already (429)
     "layer_unavailable",  # the channel layer is down (503)
     "connection_cap",  # WEBSOCKET_MAX_CONNECTIONS (503)

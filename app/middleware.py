@@ -48,11 +48,13 @@ def auth_middleware_stack(inner: ASGIApp) -> ASGIApp:
 class SessionWhenNeeded:
     """``auth_middleware_stack`` for the handshakes that use a session, and nothing for the rest.
 
-    Here only tracing reads the session (a ``trace=`` query, and the ``/ws/trace/`` sockets:
-    a trace token belongs to one browser session). Every other connection skips the cookie
-    parse, the session and user objects and three copies of the scope, which it would hold for
-    its whole life: about 4.8 KiB of an idle connection's 25 KiB (docs/performance.md). A
-    project whose consumers read ``scope["user"]`` uses ``auth_middleware_stack`` directly.
+    Tracing reads the session (a ``trace=`` query, and the ``/ws/trace/`` sockets: a trace
+    token belongs to one browser session), and so does a room member that comes with a session
+    cookie (its name on an open room is its user's: app/room_access.py). Every other connection
+    skips the cookie parse, the session and user objects and three copies of the scope, which
+    it would hold for its whole life: about 4.8 KiB of an idle connection's 25 KiB
+    (docs/performance.md). A project whose consumers read ``scope["user"]`` uses
+    ``auth_middleware_stack`` directly.
     """
 
     #: ``__call__`` returns the inner application's coroutine instead of awaiting it, so that an
@@ -64,9 +66,20 @@ class SessionWhenNeeded:
         self.with_session = auth_middleware_stack(inner)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if asks_for_trace(scope) or scope["path"].startswith("/ws/trace/"):
+        path = scope["path"]
+        if (
+            asks_for_trace(scope)
+            or path.startswith("/ws/trace/")
+            or (path.startswith("/ws/broadcast/") and has_session_cookie(scope))
+        ):
             return self.with_session(scope, receive, send)
         return self.inner(scope, receive, send)
+
+
+def has_session_cookie(scope: Scope) -> bool:
+    """Whether the handshake carries Django's session cookie (a cheap look, not a parse)."""
+    name = settings.SESSION_COOKIE_NAME.encode()
+    return any(key == b"cookie" and name in value for key, value in scope.get("headers", ()))
 
 
 class ContentSecurityPolicyMiddleware:

@@ -132,6 +132,13 @@ class Rooms(BoundedInMemoryChannelLayer):
             if not state.members:
                 await self.emptied(room, state)
 
+    async def presence(self, room: str) -> dict:
+        """Who is in ``room``, as a welcome's ``presence`` says it."""
+        state = self.rooms.get(room)
+        if state is None:
+            return snapshot(0, [])
+        return snapshot(len(state.names), state.names.first(self.presence_list))
+
     async def publish(self, room: str, sender: str, message: Message) -> None:
         """Send a ``websocket.send``-shaped message (text or bytes) to the room."""
         raise NotImplementedError

@@ -34,6 +34,7 @@ from app.room_scripts import (
     DEPART,
     META_TTL,
     POSITION,
+    PRESENCE,
     PUBLISH,
     RENEW,
     keys,
@@ -54,6 +55,7 @@ class Shard:
         self.arrive_script = client.register_script(ARRIVE)
         self.depart_script = client.register_script(DEPART)
         self.renew_script = client.register_script(RENEW)
+        self.presence_script = client.register_script(PRESENCE)
         self.pubsub = None
         self.reader: asyncio.Task | None = None
         self.confirmed: dict[bytes, asyncio.Future] = {}
@@ -161,11 +163,14 @@ class RedisRooms(Rooms):
                 3 * self.presence_timeout,
             ],
         )
-        listed = [
-            Who(name.decode(), user.decode() or None if user is not None else None)
-            for name, user in zip(names, users, strict=True)
-        ]
-        return snapshot(count, listed)
+        return snapshot(count, listed(names, users))
+
+    async def presence(self, room: str) -> dict:
+        """The whole room's, from Redis (``PRESENCE``)."""
+        count, names, users = await self.shard(room).presence_script(
+            keys=presence_keys(room), args=[*self.presence_args(room), self.presence_list]
+        )
+        return snapshot(count, listed(names, users))
 
     async def depart(self, room: str, state: RoomState, who: Who) -> None:
         await self.shard(room).depart_script(
@@ -367,6 +372,14 @@ class RedisRooms(Rooms):
 
     def describe(self) -> dict:
         return {**super().describe(), "shards": max(1, len(settings.REDIS_URLS))}
+
+
+def listed(names: list[bytes], users: list[bytes | None]) -> list[Who]:
+    """The members a presence script listed, with their users ("" for none)."""
+    return [
+        Who(name.decode(), user.decode() or None if user is not None else None)
+        for name, user in zip(names, users, strict=True)
+    ]
 
 
 def redis_clients() -> list[tuple[redis.asyncio.Redis, redis.asyncio.Redis]]:

@@ -87,11 +87,26 @@ local function reap(now, channel, events)
 end
 """
 
+#: The count of names and the first ``size`` of them with their users (KEYS: conns, names,
+#: users).
+LIST = """
+local function list(size)
+  local names = {}
+  local scan = redis.call('HSCAN', KEYS[2], 0, 'COUNT', size)[2]
+  for i = 1, #scan, 2 do
+    if #names < size then names[#names + 1] = scan[i] end
+  end
+  local users = #names > 0 and redis.call('HMGET', KEYS[3], unpack(names)) or {}
+  return {redis.call('HLEN', KEYS[2]), names, users}
+end
+"""
+
 #: ARGV: events max, pubsub channel, now, entry, name, user, deadline, list size, join frame,
 #: TTL. Reaps the entries their processes stopped renewing, adds this one (a name new to the
 #: room is announced), and returns the count and the first names with their users.
 ARRIVE = (
     LEAVE
+    + LIST
     + """
 local events = tonumber(ARGV[1])
 reap(ARGV[3], ARGV[2], events)
@@ -102,13 +117,18 @@ if redis.call('ZADD', KEYS[1], ARGV[7], ARGV[4]) == 1 then
   end
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
-local names = {}
-local scan = redis.call('HSCAN', KEYS[2], 0, 'COUNT', ARGV[8])[2]
-for i = 1, #scan, 2 do
-  if #names < tonumber(ARGV[8]) then names[#names + 1] = scan[i] end
-end
-local users = #names > 0 and redis.call('HMGET', KEYS[3], unpack(names)) or {}
-return {redis.call('HLEN', KEYS[2]), names, users}
+return list(tonumber(ARGV[8]))
+"""
+)
+
+#: ARGV: events max, pubsub channel, now, list size. Who is in the room (for
+#: ``GET /rooms/<room>/presence``), once the entries past their deadline are reaped.
+PRESENCE = (
+    LEAVE
+    + LIST
+    + """
+reap(ARGV[3], ARGV[2], tonumber(ARGV[1]))
+return list(tonumber(ARGV[4]))
 """
 )
 

@@ -226,6 +226,10 @@ class Session:
             f"fell behind past the room's history: {lost} message(s) lost, resume"
         )
 
+    def read_only(self) -> Message:
+        """The close (1008) for a member whose token lets it read, not publish."""
+        return self.close(CloseCode.POLICY_VIOLATION, "read-only member", level=logging.WARNING)
+
     def room_lost(self, reason: str) -> Message:
         """The close (1013) for a room member that cannot be given every message in order."""
         return self.close(CloseCode.TRY_AGAIN_LATER, reason, level=logging.WARNING)

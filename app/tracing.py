@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -138,11 +139,15 @@ def headers_summary(headers) -> list[list[str]]:
     ]
 
 
+#: The values of ``trace=`` and ``token=`` in a query string, as they were sent.
+QUERY_TOKENS = re.compile(r"((?:^|&)(?:trace|token)=)[^&]+")
+
+
 def scope_summary(scope: Scope) -> dict:
     """What the consumer knows at connect, with cookies and credentials redacted."""
-    query = scope.get("query_string", b"").decode("latin-1")
-    if token := query_token(scope):
-        query = query.replace(token, "(token)")  # not repeated into records, logs or screenshots
+    # A trace token, and a room token (?token=, app/room_access.py), are not repeated into
+    # records, logs or screenshots.
+    query = QUERY_TOKENS.sub(r"\g<1>(token)", scope.get("query_string", b"").decode("latin-1"))
     return {
         "path": scope.get("path"),
         "query_string": query,

@@ -5,6 +5,7 @@ production rules (issue: hardening) where the development defaults are refused.
 """
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -237,6 +238,15 @@ ROOM_HISTORY_BYTES = env_int("ROOM_HISTORY_BYTES", 4 * 1024 * 1024)
 #: What one process keeps of every room's history together (the memory engine's history, the
 #: Redis engine's recent part of it); past it, the least recently written rooms' go first.
 ROOM_HISTORY_TOTAL_BYTES = env_int("ROOM_HISTORY_TOTAL_BYTES", 256 * 1024 * 1024)
+#: Access (docs/rooms.md): rooms whose whole name matches ROOMS_PRIVATE need a signed room token
+#: (?token=, from manage.py room-token or POST /rooms/<room>/token); every other room is open.
+ROOMS_PRIVATE = os.environ.get("ROOMS_PRIVATE", r"private\..+")
+try:
+    re.compile(ROOMS_PRIVATE)
+except re.error as error:
+    raise ImproperlyConfigured(f"ROOMS_PRIVATE={ROOMS_PRIVATE!r}: {error}") from None
+#: Seconds a room token lives unless its issuer says otherwise.
+ROOM_TOKEN_TTL = env_int("ROOM_TOKEN_TTL", 3600)
 #: Presence: the members a welcome lists (its count is always the whole room); join and leave
 #: frames go out while a room has at most ROOM_PRESENCE_EVENTS_MAX members; a process that
 #: died without a word has its members leave within ROOM_PRESENCE_TIMEOUT seconds (Redis).

@@ -8,5 +8,7 @@ urlpatterns = [
     path("metrics", views.metrics_view, name="metrics"),
     path("handshake-check", views.handshake_check, name="handshake-check"),
     path("trace/token", views.trace_token, name="trace-token"),
+    path("rooms/<str:room>/token", views.room_token, name="room-token"),
+    path("rooms/<str:room>/presence", views.room_presence, name="room-presence"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

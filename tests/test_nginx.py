@@ -386,7 +386,7 @@ async def test_health_through_nginx_tells_a_client_elsewhere_only_the_status(sta
     )  # to the app, the client is 203.0.113.9 (nginx appends this test's own 127.0.0.1)
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     status, body = await asyncio.to_thread(https_get, stack, "/healthz")
-    assert set(json.loads(body)) == {"status", "websocket_connections", "channel_layer"}
+    assert set(json.loads(body)) == {"status", "websocket_connections", "channel_layer", "rooms"}
 
 
 @pytest.mark.parametrize(
@@ -413,3 +413,22 @@ async def test_the_origin_through_nginx_must_be_the_site_scheme_and_port_as_serv
     query = f"/handshake-check?path=/ws/echo/async/&origin={stack.origin}"
     status, body = await asyncio.to_thread(https_get, stack, query)
     assert status == 200 and json.loads(body)["ok"] is True  # the page is told the same
+
+
+async def test_no_room_token_reaches_nginxs_access_log_or_the_servers(stack):
+    """A room token (``?token=``, app/room_access.py) on a socket's query, and percent-encoded
+    in the path ``/handshake-check`` is asked about (what the page sends when a room refuses):
+    nginx logs each query as ``?(redacted)``. (The echo route ignores the token.)"""
+    tokens = [secrets.token_urlsafe(24) for _ in range(3)]
+    async with stack.ws(f"/ws/echo/async/?x=1&token={tokens[0]}") as ws:
+        await ws.send("room token?")
+        assert await ws.recv() == "room token?"
+    check = "/handshake-check?path=%2Fws%2Fbroadcast%2Fasync%2Fprivate.a%2F%3Fsince%3De%3A1%26"
+    for path in (f"{check}token%3D{tokens[1]}", f"/handshake-check?path=/ws/trace/{tokens[2]}/"):
+        assert (await asyncio.to_thread(https_get, stack, path))[0] == 200
+    deadline = time.monotonic() + 5  # nginx writes its line when each request ends
+    while (log := stack.access_log.read_text()).count("/handshake-check?(redacted)") < 2:
+        assert time.monotonic() < deadline, log
+        await asyncio.sleep(0.05)  # poll interval of the access log
+    assert '"GET /ws/echo/async/?(redacted) HTTP/1.1" 101' in log
+    assert not [token for token in tokens if token in log or token in stack.server.log()]

@@ -66,6 +66,8 @@ def test_plain_http_to_a_websocket_path_is_426_not_500(client, path, caplog):
         ({"path": "/ws/broadcast/async/r/?since=bad"}, 400, "since", "since must be <epoch>"),
         ({"path": "/ws/broadcast/sync/r/?since=e:-1"}, 400, "since", "offset must be an integer"),
         ({"path": "/ws/echo/async/", "subprotocols": "rooms.v1"}, 101, "subprotocol", "echo.v1"),
+        ({"path": "/ws/broadcast/async/private.x/"}, 403, "token", "no token: room private.x"),
+        ({"path": "/ws/broadcast/async/open/?token=abc"}, 403, "token", "tampered token"),
         ({"path": "/ws/echo/async/", "subprotocols": "chat.v9"}, 101, "subprotocol", "echo.v1"),
         ({"path": "/ws/trace/not-a-token/"}, 403, "trace_token", "not issued to this browser"),
         ({"path": "/ws/test/?fragment=8&push=3"}, 101, "", "accept"),

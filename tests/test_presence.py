@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -145,4 +146,25 @@ async def test_presence_across_processes_and_a_killed_process_leaves_no_ghosts(p
         presence = (await recv_json(joined_later))["presence"]
         assert [m["member"] for m in presence["members"]].count(mine) == 1
         assert presence["count"] == 2  # the killed process's members are gone
+        with urllib.request.urlopen(f"{a.http_url}/rooms/{room}/presence", timeout=5) as answer:
+            assert json.load(answer) == presence  # the operators' view of the same
         await joined_later.close()
+
+
+async def test_the_rooms_presence_answers_operators_as_metrics_does(communicator_factory, settings):
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    def get(path: str, **defaults):
+        return sync_to_async(Client(**defaults).get)(path)
+
+    room = new_room()
+    member, welcome = await v1(communicator_factory, room)
+    assert (await get(f"/rooms/{room}/presence")).json() == welcome["presence"]
+    assert (await get(f"/rooms/{room}/presence", REMOTE_ADDR="203.0.113.9")).status_code == 403
+    assert (await get("/rooms/bad%20name/presence")).status_code == 400
+    settings.METRICS_ACCESS, settings.METRICS_TOKEN = "token", "s3cret"
+    assert (await get(f"/rooms/{room}/presence")).status_code == 401
+    bearer = await get(f"/rooms/{room}/presence", HTTP_AUTHORIZATION="Bearer s3cret")
+    assert bearer.json()["count"] == 1
+    await member.disconnect()
