@@ -245,6 +245,7 @@ try:
     re.compile(ROOMS_PRIVATE)
 except re.error as error:
     raise ImproperlyConfigured(f"ROOMS_PRIVATE={ROOMS_PRIVATE!r}: {error}") from None
+LOGIN_REDIRECT_URL = "/"  # accounts/login/ (a signed-in user is issued room tokens)
 #: Seconds a room token lives unless its issuer says otherwise.
 ROOM_TOKEN_TTL = env_int("ROOM_TOKEN_TTL", 3600)
 #: Presence: the members a welcome lists (its count is always the whole room); join and leave

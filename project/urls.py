@@ -1,3 +1,4 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
 from app import views
@@ -10,5 +11,8 @@ urlpatterns = [
     path("trace/token", views.trace_token, name="trace-token"),
     path("rooms/<str:room>/token", views.room_token, name="room-token"),
     path("rooms/<str:room>/presence", views.room_presence, name="room-presence"),
+    # Signing in: a signed-in user is issued room tokens (POST /rooms/<room>/token).
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="/"), name="logout"),
     re_path(r"^ws/", views.websocket_only, name="websocket-only"),
 ]

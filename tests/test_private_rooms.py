@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 
 from app.room_access import make_token
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def private_room() -> str:
@@ -30,6 +30,7 @@ async def refused(factory, path: str) -> tuple[int, str]:
     return start["status"], body["body"].decode()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_each_refusal_is_a_403_that_says_which(communicator_factory, kind, caplog):
     room = private_room()
@@ -56,6 +57,7 @@ async def test_each_refusal_is_a_403_that_says_which(communicator_factory, kind,
     assert status == 403
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_token_names_the_member_and_a_read_only_one_reads_but_may_not_send(
     communicator_factory, kind
@@ -84,6 +86,7 @@ async def test_a_token_names_the_member_and_a_read_only_one_reads_but_may_not_se
     assert left == {"type": "leave", "member": {"member": "bo", "user": None}}
 
 
+@pytest.mark.asyncio
 async def test_an_open_room_names_a_signed_in_member_after_its_user(communicator_factory):
     from django.contrib.auth.models import User
     from django.test import Client
@@ -100,3 +103,37 @@ async def test_an_open_room_names_a_signed_in_member_after_its_user(communicator
     welcome = json.loads(await member.receive_from())
     assert welcome["member"] == "carol"
     assert welcome["presence"]["members"] == [{"member": "carol", "user": "carol"}]
+
+
+def sign_in_and_grant(name: str, rooms: str, *, read_only: bool = False):
+    """A user made, granted through ``manage.py room-grant``, and signed in through the login
+    page, as an operator and a user would."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    User.objects.create_user(name, password="pw")
+    call_command("room-grant", name, rooms, *(["--read-only"] if read_only else []))
+    client = Client(enforce_csrf_checks=True)
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    signed_in = client.post(
+        "/accounts/login/",
+        {"username": name, "password": "pw", "csrfmiddlewaretoken": page.context["csrf_token"]},
+    )
+    assert signed_in.status_code == 302
+    return client
+
+
+def test_a_granted_user_signs_in_and_is_issued_a_token_that_opens_its_room():
+    from app.room_access import grant_for
+
+    client = sign_in_and_grant("dora", r"private\.team-.*", read_only=True)
+    csrf = client.get("/").cookies["csrftoken"].value
+    issued = client.post("/rooms/private.team-a/token", HTTP_X_CSRFTOKEN=csrf)
+    assert issued.status_code == 200, issued.content
+    token = issued.json()["token"]
+    grant = grant_for({"query_string": f"token={token}".encode()}, "private.team-a")
+    assert (grant.member, grant.publish) == ("dora", False)
+    refused = client.post("/rooms/private.other/token", HTTP_X_CSRFTOKEN=csrf)
+    assert refused.status_code == 403
