@@ -268,9 +268,19 @@ async def test_agrant_for_resolves_a_lazy_user_from_the_session():
 # --- refusals -------------------------------------------------------------------------------
 
 
-def test_a_refusal_is_a_403_naming_the_reason_with_one_warning_without_the_token(caplog):
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """No earlier refusal in this process counts (the throttles are the process's)."""
+    from app.logs import Throttled
+
+    fresh = {reason: Throttled(room_access.logger) for reason in REASONS}
+    monkeypatch.setattr(room_access, "_warnings", fresh)
+
+
+def test_a_refusal_is_a_403_naming_the_reason_with_one_warning_without_the_token(
+    caplog, fresh_warnings
+):
     token = make_token("private.a", "alice", ttl=-1)
-    room_access._warnings[EXPIRED].last = -1e9  # no earlier refusal in this process counts
     with caplog.at_level(logging.WARNING, logger="app.room_access"):
         try:
             grant_for(scope(token), "private.a")
@@ -287,9 +297,7 @@ def test_a_refusal_is_a_403_naming_the_reason_with_one_warning_without_the_token
     assert token not in line
 
 
-def test_refusals_are_throttled_per_reason_under_a_flood(caplog):
-    for reason in REASONS:
-        room_access._warnings[reason].last = -1e9
+def test_refusals_are_throttled_per_reason_under_a_flood(caplog, fresh_warnings):
     with caplog.at_level(logging.WARNING, logger="app.room_access"):
         for _ in range(500):
             refusal(scope(), AccessRefused(NO_TOKEN))
