@@ -51,7 +51,10 @@ class RoomState:
     history: History
     members: dict[str, Who] = field(default_factory=dict)  # channel: who
     names: Names = field(default_factory=Names)  # connections per member name, here
-    watchers: set[str] = field(default_factory=set)  # channels that get join and leave frames
+    #: The channels that get join and leave frames, each with the ``seq`` of its snapshot
+    #: (frames numbered up to it are in its welcome already), or the frames held for it until
+    #: its snapshot is known (a list of ``(seq, frame)``).
+    watchers: dict[str, int | list] = field(default_factory=dict)
     ready: asyncio.Future | None = None  # RedisRooms: set once subscribed and positioned
     early: list[tuple[str, int, str]] = field(default_factory=list)  # arrived before ready
 
@@ -94,10 +97,12 @@ class Rooms(BoundedInMemoryChannelLayer):
         state.members[channel] = who  # no await since open(): nothing delivered in between
         state.names.add(who)
         if watch:
-            state.watchers.add(channel)
+            state.watchers[channel] = []
         try:
             joined = await self.resume(room, state, since)
-            return replace(joined, presence=await self.arrive(room, state, who))
+            presence, seq = await self.arrive(room, state, who)
+            self.watching(state, channel, seq)
+            return replace(joined, presence=presence)
         except BaseException:
             with contextlib.suppress(*LAYER_ERRORS):
                 await self.leave(room, channel)
@@ -124,7 +129,7 @@ class Rooms(BoundedInMemoryChannelLayer):
         if state is None:
             return
         who = state.members.pop(channel, None)
-        state.watchers.discard(channel)
+        state.watchers.pop(channel, None)
         try:
             if who is not None and state.names.remove(who):
                 await self.depart(room, state, who)
@@ -164,28 +169,47 @@ class Rooms(BoundedInMemoryChannelLayer):
     async def emptied(self, room: str, state: RoomState) -> None:
         """The room has no member left in this process."""
 
-    async def arrive(self, room: str, state: RoomState, who: Who) -> dict:
+    async def arrive(self, room: str, state: RoomState, who: Who) -> tuple[dict, int]:
         """Count ``who``'s connection in (``state.names`` has it): the others are told of a
-        member new to the room; the snapshot for its welcome."""
+        member new to the room; the snapshot for its welcome, and the number of the last join
+        or leave frame it covers (here, in one process, frames are not numbered: 0)."""
         names = state.names
         if names.connections[who.member] == 1 and len(names) <= self.presence_events:
             self.announce(state, frame("join", who), who.member)
-        return snapshot(len(names), names.first(self.presence_list))
+        return snapshot(len(names), names.first(self.presence_list)), 0
 
     async def depart(self, room: str, state: RoomState, who: Who) -> None:
         """``who``'s last connection here has gone: the others are told it left."""
         if len(state.names) < self.presence_events:
             self.announce(state, frame("leave", who), who.member)
 
-    def announce(self, state: RoomState, presence_frame: str, name: str) -> None:
-        """Queue a ``join`` or ``leave`` frame for every member here but ``name``'s own
-        connections (best effort: a full queue drops it, as Phoenix's presence diffs)."""
-        event = {"type": "room.presence", "frame": presence_frame}
-        size, now = 200 + len(presence_frame), time.time()
+    def watching(self, state: RoomState, channel: str, seq: int) -> None:
+        """``channel``'s snapshot covers frames up to ``seq``: the later ones held for it go."""
+        held = state.watchers.get(channel)
+        if isinstance(held, list):
+            state.watchers[channel] = seq
+            for number, presence_frame in held:
+                if number > seq:
+                    self.queue_frame(channel, presence_frame)
+
+    def announce(
+        self, state: RoomState, presence_frame: str, name: str, seq: int | None = None
+    ) -> None:
+        """Queue a ``join`` or ``leave`` frame (numbered ``seq`` by Redis) for every member here
+        that watches but ``name``'s own connections, and not for one whose snapshot has it
+        (best effort: a full queue drops it, as Phoenix's presence diffs)."""
         members = state.members
-        for channel in list(state.watchers):
-            if members[channel].member != name:
-                self._put(channel, event, dict, size, now)
+        for channel, since in list(state.watchers.items()):
+            if members[channel].member == name:
+                continue
+            if isinstance(since, list):
+                since.append((seq or 0, presence_frame))  # its snapshot is on its way
+            elif seq is None or seq > since:
+                self.queue_frame(channel, presence_frame)
+
+    def queue_frame(self, channel: str, presence_frame: str) -> None:
+        event = {"type": "room.presence", "frame": presence_frame}
+        self._put(channel, event, dict, 200 + len(presence_frame), time.time())
 
     async def room_last(self, room: str, state: RoomState) -> int:
         """The room's last offset wherever it is kept (a process may lag Redis)."""
@@ -239,7 +263,7 @@ class Rooms(BoundedInMemoryChannelLayer):
         """Forget a room (its members, if any, were told to go); joins waiting on it start
         again."""
         state.members.clear()
-        state.names, state.watchers = Names(), set()
+        state.names, state.watchers = Names(), {}
         if self.rooms.get(room) is state:
             del self.rooms[room]
             self.kept.pop(room, None)

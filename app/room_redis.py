@@ -148,9 +148,9 @@ class RedisRooms(Rooms):
     def presence_args(self, room: str) -> list:
         return [self.presence_events, keys(room)[2], time.time()]
 
-    async def arrive(self, room: str, state: RoomState, who: Who) -> dict:
+    async def arrive(self, room: str, state: RoomState, who: Who) -> tuple[dict, int]:
         """Counted in Redis, on every process: the snapshot is the whole room's."""
-        count, names, users = await self.shard(room).arrive_script(
+        count, names, users, seq = await self.shard(room).arrive_script(
             keys=presence_keys(room),
             args=[
                 *self.presence_args(room),
@@ -163,7 +163,7 @@ class RedisRooms(Rooms):
                 3 * self.presence_timeout,
             ],
         )
-        return snapshot(count, listed(names, users))
+        return snapshot(count, listed(names, users)), seq
 
     async def presence(self, room: str) -> dict:
         """The whole room's, from Redis (``PRESENCE``)."""
@@ -297,9 +297,9 @@ class RedisRooms(Rooms):
         state = self.rooms.get(room) if room is not None else None
         if state is None:
             return  # unsubscribed since
-        if data[:1] == b"!":  # a join or leave frame
-            presence_frame = data[1:].decode()
-            self.announce(state, presence_frame, about(presence_frame))
+        if data[:1] == b"!":  # a join or leave frame: !<seq>:<frame>
+            seq, presence_frame = data[1:].decode().split(":", 1)
+            self.announce(state, presence_frame, about(presence_frame), int(seq))
             return
         epoch, offset, published = data.decode().split(":", 2)
         if state.ready is not None and not state.ready.done():

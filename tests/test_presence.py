@@ -168,3 +168,27 @@ async def test_the_rooms_presence_answers_operators_as_metrics_does(communicator
     bearer = await get(f"/rooms/{room}/presence", HTTP_AUTHORIZATION="Bearer s3cret")
     assert bearer.json()["count"] == 1
     await member.disconnect()
+
+
+async def test_a_frame_its_snapshot_covers_is_not_sent_and_a_later_one_held_meanwhile_is():
+    """On Redis a join published before a member's snapshot can reach its process after the
+    member registered, and one published after it can come before the snapshot's reply: the
+    frames are numbered, and each watcher gets those after its snapshot's number, once."""
+    from app.presence import frame
+
+    layer = get_channel_layer("rooms")
+    room, watcher = new_room(), await layer.new_channel()
+    state = await layer.open(room)
+    state.members[watcher] = Who("w")
+    state.watchers[watcher] = []  # registered; its snapshot not known yet
+    covered, later = frame("join", Who("old")), frame("join", Who("new"))
+    layer.announce(state, covered, "old", 7)
+    layer.announce(state, later, "new", 8)
+    layer.watching(state, watcher, 7)  # the snapshot counted "old"
+    layer.announce(state, frame("leave", Who("old")), "old", 6)  # before the snapshot: stale
+    layer.announce(state, frame("leave", Who("new")), "new", 9)
+    told = []
+    while layer.queued(watcher):
+        told.append(json.loads((await layer.receive(watcher))["frame"]))
+    assert [(f["type"], f["member"]["member"]) for f in told] == [("join", "new"), ("leave", "new")]
+    del state.members[watcher], state.watchers[watcher]
