@@ -144,23 +144,39 @@ def check_loopback(url: str) -> None:
 
 
 async def open_many(
-    url: str, count: int, factory, concurrency: int = 200, *, deflate: bool = False
+    url: str | list[str],
+    count: int,
+    factory,
+    concurrency: int = 200,
+    *,
+    deflate: bool = False,
+    headers: dict[str, str] | None = None,
+    subprotocol: str | None = None,
 ) -> list:
     """Open ``count`` connections, at most ``concurrency`` handshakes at a time; with
-    ``deflate``, offer it as Chromium does and fail unless the server accepts."""
+    ``deflate``, offer it as Chromium does and fail unless the server accepts. With several
+    URLs the connections alternate between them (two server processes, say); ``headers`` go
+    with every handshake, and with ``subprotocol`` a server that does not choose it fails."""
+    urls = [url] if isinstance(url, str) else list(url)
     gate = asyncio.Semaphore(concurrency)
-    headers = {"Sec-WebSocket-Extensions": CHROMIUM_DEFLATE_OFFER} if deflate else {}
+    headers = dict(headers or {})
+    if deflate:
+        headers["Sec-WebSocket-Extensions"] = CHROMIUM_DEFLATE_OFFER
 
     def listener(i: int, _request, response):
         if deflate and not negotiated_deflate(response):
             raise ConnectionError("the server did not accept permessage-deflate")
+        if subprotocol:
+            chosen = response.headers.get("sec-websocket-protocol")
+            if chosen != subprotocol:
+                raise ConnectionError(f"the server did not accept {subprotocol}: {chosen!r}")
         return factory(i)
 
     async def one(i: int):
         async with gate:
             return await ws_connect(
                 lambda request, response: listener(i, request, response),
-                url,
+                urls[i % len(urls)],
                 max_frame_size=2**21,
                 extra_headers=headers,
             )

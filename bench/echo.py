@@ -98,15 +98,16 @@ def run_client(*args: str, timeout: float) -> dict:
     return json.loads(result.stdout)
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
     """Resident memory of ``pid`` and its descendants: hypercorn (and granian) serve from a
-    child process, so the parent's alone measured nothing (0.0 KiB a connection)."""
+    child process, so the parent's alone measured nothing (0.0 KiB a connection). ``field``:
+    ``VmHWM`` for the peak since each process started."""
     total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             total += int(line.split()[1])
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        total += rss_kib(int(child))
+        total += rss_kib(int(child), field)
     return total
 
 

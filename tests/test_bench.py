@@ -107,6 +107,7 @@ def test_fanout_page_states_each_goal_with_its_figure():
         row("redis-no-history", 1000, 10, 70_000, 150.0),
         row("redis-no-history", 1000, 1, 50_000, 30.0),
         row("redis-v1", 1000, 10, 66_500, 150.0),
+        row("redis-v1-no-presence-events", 1000, 10, 68_000, 150.0),
         row("socketio-redis", 1000, 10, 50_000, 200.0),
         row("socketio-redis", 1000, 1, 45_000, 25.0),
         row("redis", 10_000, 1, 40_000, 300.0, idle_kib_per_member=18.0),
@@ -128,6 +129,11 @@ def test_fanout_page_states_each_goal_with_its_figure():
     )
     assert "1 of 2 rows: **not met** (behind: `redis` vs `socketio-redis` at 1,000 x 1)" in page
     assert "0 lost, 18.0 KiB a member: met" in page
+    assert (
+        "presence on vs off (`redis-v1` / `redis-v1-no-presence-events`), members x senders:"
+        " 1,000 x 10: 0.98" in page
+    )
+    assert "costs <= 5 % of deliveries/s (issue 31): 10 sender(s) 0.98: met" in page
 
 
 def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
@@ -150,3 +156,67 @@ def test_quick_deflate_bench_measures_memory_and_cost(tmp_path):
     page = (tmp_path / "deflate.md").read_text()
     assert "| 16 B |" in page and "stale table" not in page
     assert page.endswith(f"{HAND_WRITTEN}\n\nkept by hand\n")
+
+
+@pytest.mark.redis
+def test_quick_presence_storm_counts_every_join_and_frame(tmp_path):
+    """bench.presence on two processes and one Redis: 30 members, no events and a bound of 10.
+    Every welcome's count is its place in Redis' order (1 .. 30, each once); under the bound
+    every member gets the join of each member after it up to the bound, and none without it;
+    the CPU, memory and the room emptying are measured; the page and a recommendation."""
+    from tests.redis_server import redis_missing
+
+    if reason := redis_missing():
+        pytest.skip(reason)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.presence", "--members", "30", "--events", "0", "10",
+         "--idle", "0.5", "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "runs" / "presence-storm.json").read_text())
+    off, on = report["rows"]
+    assert (off["bound"], on["bound"]) == (0, 10)
+    for row in (off, on):
+        assert row["members"] == 30 and row["processes"] == 2
+        assert row["counts_exact"] and row["max_count"] == 30 and not row["closes"]
+        assert row["redis_names"] == row["redis_names_idle"] == 30
+        assert row["missing_join_frames"] == 0 and row["duplicate_join_frames"] == 0
+        assert row["server_cpu_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] > 0
+        assert 0 < row["welcomed_s"] < 60 and row["emptied_s"] < 60
+    assert off["join_frames"] == off["least_join_frames"] == 0 and off["frames_s"] is None
+    assert on["least_join_frames"] == 10 * 9 // 2  # the joins after each of the first ten
+    assert on["join_frames"] == on["least_join_frames"] + on["stale_join_frames"]
+    page = (tmp_path / "presence-storm.md").read_text()
+    assert "| 30 | 0 |" in page and "| 30 | 10 |" in page
+    assert "](runs/presence-storm.json)" in page
+    assert "ROOM_PRESENCE_EVENTS_MAX = " in result.stderr
+
+
+def test_presence_recommendation_is_the_largest_bound_within_the_budget():
+    """From made-up storms: the join frames' cost fitted per join and per frame owed, and the
+    largest round bound whose frames at most double the no-event storm's server CPU and arrive
+    within 1 s."""
+    from bench.presence import recommend
+
+    def row(bound, cpu, lag=None):
+        return {"members": 10_000, "bound": bound, "server_cpu_s": cpu, "join_lag_p99_s": lag}
+
+    # 20 s with no events; 1 ms a join announced, 20 us a frame owed.
+    rows = [
+        row(0, 20.0),
+        row(100, 20.0 + 0.1 + 99 * 50 * 20e-6, 0.01),
+        row(1000, 20.0 + 1.0 + 999 * 500 * 20e-6, 0.2),
+    ]
+    advice = recommend(rows)
+    assert abs(advice["cpu_per_join_s"] - 1e-3) < 1e-9
+    assert abs(advice["cpu_per_frame_s"] - 20e-6) < 1e-12
+    # 1,000: 11 s; 1,500: 1.5 + 22.5 = 24 s > 20 s.
+    assert advice["bound"] == 1000
+    assert "ROOM_PRESENCE_EVENTS_MAX = 1000" in advice["text"]
+    # Frames that came 0.3 s late at 1,000 would come 0.68 s late at 1,500: past the 0.5 s
+    # allowed, whatever the CPU.
+    rows[2]["join_lag_p99_s"], rows[2]["server_cpu_s"] = 0.3, 20.0 + 0.5 + 999 * 500 * 5e-6
+    assert recommend(rows)["bound"] == 1000
+    rows[2]["join_lag_p99_s"] = 0.6  # late at the bound measured: below it, nothing is known
+    assert recommend(rows)["bound"] is None
