@@ -342,8 +342,11 @@ def run_room_client(
     urls: list[str], protocol: str, members: int, senders: int, deadline: float, servers: list
 ) -> dict:
     """The room client in its own process; once every member has joined, the servers' RSS
-    growth per member is measured (``idle_kib_per_member``), then the messages go."""
-    from bench.echo import rss_kib
+    growth per member is measured (``idle_kib_per_member``), then the messages go, and the
+    servers' CPU time from the go to the client's report is divided by the deliveries
+    (``server_cpu_us_per_delivery``: what the servers spent, apart from the client's share of
+    the cores)."""
+    from bench.echo import cpu_seconds, rss_kib
     from tests.servers import ROOT
 
     before = sum(rss_kib(server.process.pid) for server in servers)
@@ -358,12 +361,16 @@ def run_room_client(
         if not joined:
             raise RuntimeError(f"room client failed: {client.stderr.read()[-2000:]}")
         grown = sum(rss_kib(server.process.pid) for server in servers) - before
+        cpu = sum(cpu_seconds(server.process.pid) for server in servers)
         output, errors = client.communicate("go\n", timeout=deadline + 120)
+        cpu = sum(cpu_seconds(server.process.pid) for server in servers) - cpu
     finally:
         client.kill()
     if client.returncode != 0:
         raise RuntimeError(f"room client failed: {errors[-2000:]}")
-    return {**json.loads(output), "idle_kib_per_member": grown / members}
+    row = json.loads(output)
+    row["server_cpu_us_per_delivery"] = cpu / row["delivered"] * 1e6 if row["delivered"] else None
+    return {**row, "idle_kib_per_member": grown / members}
 
 
 def settle(pids: list[int], period: float = 0.5, limit: float = 60.0) -> float:
@@ -458,7 +465,8 @@ def main_driver(args) -> None:
                           f"{row['deliveries_per_s']:>9,.0f} deliveries/s "
                           f"({(row['ratio_to_ceiling'] or 0):.2f} x ceiling) "
                           f"p99 {row['p99_ms'] or 0:.1f} ms lost {row['lost']} dup {row['duplicates']} "
-                          f"idle {row['idle_kib_per_member']:.1f} KiB/member"
+                          f"idle {row['idle_kib_per_member']:.1f} KiB/member "
+                          f"server {row['server_cpu_us_per_delivery'] or 0:.1f} us/delivery"
                           f"{' TIMED OUT' if row['timed_out'] else ''}", file=sys.stderr, flush=True)  # fmt: skip
             finally:
                 for server in servers:
@@ -621,14 +629,15 @@ def markdown(report: dict) -> str:
         "",
         "The echo ceiling (raw ASGI echo, plain uvicorn, 100 connections, 16 B) in the same run:",
         f"{report['echo_ceiling_msgs_per_s']:,.0f} msg/s. Idle KiB/member: the servers' RSS growth",
-        "once every member has joined, per member.",
+        "once every member has joined, per member. Server µs/delivery: the servers' CPU time while",
+        "the messages went, divided by the deliveries (the client's share of the cores apart).",
         "",
         f"- Date: {report['date']}",
         *summary,
         *goal_lines(report, ratios),
         "",
-        "| layer | processes | members | senders | deliveries | deliveries/s | / ceiling | / echo ceiling | p50 ms | p99 ms | p99 / ceiling | lost | duplicates | idle KiB/member |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | processes | members | senders | deliveries | deliveries/s | / ceiling | / echo ceiling | p50 ms | p99 ms | p99 / ceiling | lost | duplicates | idle KiB/member | server µs/delivery |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         flag = " (timed out)" if r["timed_out"] else ""
@@ -636,11 +645,12 @@ def markdown(report: dict) -> str:
         p99_ratio = f"{r['p99_to_ceiling']:.2f}" if r.get("p99_to_ceiling") else "-"
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
+        cpu = r.get("server_cpu_us_per_delivery")
         lines.append(
             f"| {r['layer']} | {r['processes']} | {r['members']:,} | {r['senders']} | {r['delivered']:,}{flag} "
             f"| {r['deliveries_per_s']:,.0f} | {to_ceiling} | {r['ratio_to_echo']:.2f} | {p50} "
             f"| {p99} | {p99_ratio} | {r['lost']} | {r['duplicates']} "
-            f"| {r['idle_kib_per_member']:.1f} |"
+            f"| {r['idle_kib_per_member']:.1f} | {f'{cpu:.1f}' if cpu is not None else '-'} |"
         )
     return "\n".join(lines)
 

@@ -129,13 +129,14 @@ class Member:
         assert self.welcome["type"] == "welcome", self.welcome
 
     def say(self, texts: list[str]) -> list[int]:
-        """Sends each text and returns the offsets it came back with (the sender gets its own)."""
+        """Sends each text and returns the offsets it came back with (the sender gets its own);
+        the room's other frames (others' messages, join and leave) pass."""
         for text in texts:
             self.ws.send(text)
         offsets = []
         while len(offsets) < len(texts):
             frame = json.loads(self.ws.recv(timeout=10))
-            if frame["from"] == self.welcome["member"]:
+            if frame["type"] == "message" and frame["from"] == self.welcome["member"]:
                 assert frame["text"] == texts[len(offsets)], frame
                 offsets.append(frame["offset"])
         return offsets

@@ -11,6 +11,10 @@
 // read as JSON and the member's position (epoch:offset) kept. A connection to the same room
 // after one the page did not close (a restart's 1012, a 1013, a dropped network; by the
 // auto-reconnect or by Connect) resumes with `?since=<epoch>:<offset>`.
+//
+// A room token (options.token, for private rooms; issue 31) travels as `?token=` on the room's
+// URL: a browser cannot set headers on a WebSocket. The log shows it as `token=…`, never in
+// clear, and nothing here keeps it anywhere but in this connection's options.
 
 import { byteSize, closeName, contentKey } from "./format.js";
 import { PROTOCOL, RoomSession, sinceQuery } from "./rooms.js";
@@ -26,15 +30,18 @@ const NEXT = {
 const PENDING_LIMIT = 10000;  // sends waiting for their echo, for round-trip times
 const BACKOFF = { first: 500, most: 30000 };  // ms: 0.5 s, doubling, at most 30 s
 
-function csrfToken() {
+export function csrfToken() {
   const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
   return match ? decodeURIComponent(match[1]) : "";
 }
 
 export class Connection {
-  // onState(state), log (a Log), onError(message): what the page shows.
-  constructor({ log, onState, onError }) {
-    Object.assign(this, { log, onState, onError });
+  // onState(state), log (a Log), onError(message): what the page shows; onPresence(presence,
+  // member): who is in the room (a rooms.js Presence, and this member's name) after a frame
+  // that may have changed it, or (null, null) when there is no room to show.
+  constructor({ log, onState, onError, onPresence = () => {} }) {
+    Object.assign(this, { log, onState, onError, onPresence });
+    this.presenceVersion = -1;  // the version onPresence was last told of
     this.state = "closed";
     this.generation = 0;  // which connect() a late callback belongs to
     this.socket = null;
@@ -55,7 +62,7 @@ export class Connection {
     this.onState(state);
   }
 
-  // options: {mode, consumer, room, subprotocols (list), traced, reconnect}
+  // options: {mode, consumer, room, token (a room token, or ""), subprotocols (list), traced, reconnect}
   async connect(options) {
     if (this.state !== "closed" && this.state !== "waiting") return;
     // A resume: the last connection to this room ended without the page closing it.
@@ -75,7 +82,12 @@ export class Connection {
       test: "/ws/test/",  // options.query: the "Server behaviour" panel's parameters
     }[options.mode] ?? `/ws/echo/${options.consumer}/`;
     const behaviour = options.mode === "test" && options.query ? options.query : since ? sinceQuery(since) : "";
-    let query = behaviour ? `?${behaviour}` : "";
+    const token = options.mode === "room" && options.token ? `token=${encodeURIComponent(options.token)}` : "";
+    // What /handshake-check is asked about when the handshake fails: the path and its query, the
+    // token included (the server's logs and nginx's redact it there too), the trace token not.
+    const checked = [behaviour, token].filter(Boolean).join("&");
+    const asked = checked ? `${path}?${checked}` : path;
+    let query = checked ? `?${checked}` : "";
     if (options.traced) {
       this.set("preparing");
       try {
@@ -85,7 +97,7 @@ export class Connection {
         this.stopTrace();
         this.fail(`cannot trace: ${err.message}`);
         this.set("closed");
-        await this.explain(behaviour ? `${path}?${behaviour}` : path, options.subprotocols);
+        await this.explain(asked, options.subprotocols);
         this.ended(generation);
         return;
       }
@@ -106,8 +118,8 @@ export class Connection {
     this.pending.clear();
     this.pendingCount = 0;
     const offered = options.subprotocols.length ? ` offering ${options.subprotocols.join(", ")}` : " with no subprotocol";
-    // The trace token stays out of the log, as it does in the server's scope summary.
-    const shown = [behaviour, this.trace ? "trace=(token)" : ""].filter(Boolean).join("&");
+    // The trace token and the room token stay out of the log, as they do in the server's lines.
+    const shown = [behaviour, token ? "token=\u2026" : "", this.trace ? "trace=(token)" : ""].filter(Boolean).join("&");
     this.log.add({ kind: "connecting", summary: `${scheme}://${location.host}${path}${shown ? `?${shown}` : ""}${offered}` });
     let opened = false;
     ws.addEventListener("open", () => {
@@ -117,6 +129,7 @@ export class Connection {
       this.set("open");
       this.roomSession = options.mode === "room" && ws.protocol === PROTOCOL ? new RoomSession(options.room, since) : null;
       if (this.roomSession) this.lastRoom = this.roomSession;
+      this.showPresence();
       const where = options.mode === "room" ? ` in room ${options.room}` : "";
       const to = options.mode === "test" ? "the test server (/ws/test/)" : `the ${options.consumer} consumer${where}`;
       this.log.add({ kind: "open", summary: `connected to ${to}; subprotocol: ${ws.protocol || "(none)"}; extensions: ${ws.extensions || "(none)"}` });
@@ -126,6 +139,7 @@ export class Connection {
       if (this.socket === ws) {
         this.socket = null;
         this.roomSession = null;
+        this.showPresence();
       }
       this.stats.since = null;
       this.set("closed");
@@ -134,7 +148,7 @@ export class Connection {
       if (!opened && !this.closedByPage) {
         this.stopTrace();  // nothing to trace: no connection
         this.fail("the handshake failed (a browser reports only 1006); asking the server why\u2026");
-        await this.explain(behaviour ? `${path}?${behaviour}` : path, options.subprotocols);
+        await this.explain(asked, options.subprotocols);
       }
       this.ended(generation);
     });
@@ -217,6 +231,7 @@ export class Connection {
         if (entry.violation) this.fail(entry.summary, entry);
         else this.log.add(entry);
       }
+      if (this.roomSession.presence?.version !== this.presenceVersion) this.showPresence();
       return;
     }
     if (typeof data === "string") {
@@ -225,6 +240,14 @@ export class Connection {
       const bytes = new Uint8Array(data, 0, Math.min(size, 4096));
       this.log.add({ kind: "received", summary: `binary, ${size} bytes${rtt}`, bytes: bytes.slice(), size, rtt: sent ? now - sent.at : undefined });
     }
+  }
+
+  // Tell the page who is in the room now: cheap, the page draws at most once a frame.
+  showPresence() {
+    const session = this.roomSession;
+    const presence = session?.presence ?? null;
+    this.presenceVersion = presence ? presence.version : -1;
+    this.onPresence(presence, session ? session.member : null);
   }
 
   fail(message, entry = { kind: "error", summary: message }) {

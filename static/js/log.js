@@ -27,6 +27,7 @@ const FILTERS = {
   received: (e) => e.kind === "received",
   server: (e) => e.side === "server",
   events: (e) => e.side === "browser" && e.kind !== "sent" && e.kind !== "received",
+  presence: (e) => e.kind === "presence",
 };
 
 export class Log {

@@ -2,9 +2,10 @@
 // checked first (validate.js); every failure says why, in the log and in the alert line.
 
 import { wireConformance } from "./conformance.js";
-import { Connection } from "./connection.js";
+import { Connection, csrfToken } from "./connection.js";
 import { timestamp, utf8Length } from "./format.js";
 import { Log } from "./log.js";
+import { MemberList } from "./presence.js";
 import { offer } from "./rooms.js";
 import { History, Snippets, download, formatJson } from "./tools.js";
 import { BEHAVIOURS, behaviourQuery, binarySizeError, closeError, parseSubprotocols, repeatError, roomError } from "./validate.js";
@@ -25,12 +26,25 @@ const log = new Log({
   announcer: $("announcer"),
   onFlush: showStats,
 });
-const connection = new Connection({ log, onState: showState, onError: showError });
+const members = new MemberList({
+  count: $("presence-count"),
+  list: $("presence-list"),
+  more: $("presence-more"),
+  note: $("presence-note"),
+  announcer: $("presence-announcer"),
+});
+const connection = new Connection({ log, onState: showState, onError: showError, onPresence: showPresence });
+const signedIn = root.dataset.user || "";  // the Django user of this page's session, if any
+// The room the token field's token was issued for by the server (null: typed or pasted): a
+// token is for one exact room, so changing the room forgets an issued one. The token is never
+// written to localStorage, the log or the URL bar.
+let tokenRoom = null;
+let preparing = false;  // Connect is getting a token: a second press waits
 const history = new History($("text"));
 const snippets = new Snippets($("snippets"));
 
 // Diagnostics for the browser tests and for anyone curious in DevTools.
-window.echoClient = { log, connection };
+window.echoClient = { log, connection, members };
 
 function showError(message) {
   alertLine.textContent = message;
@@ -77,8 +91,62 @@ function showStats() {
     `${s.receivedBytes} B \u00b7 ${since}`;
 }
 
-function connect(event) {
+// Who is in the room (the "Members" panel), after any frame that may have changed it.
+function showPresence(presence, self) {
+  const why = connection.roomSession
+    ? "Waiting for the welcome\u2026"
+    : connection.socket && connection.options?.mode === "room"
+      ? "This connection does not speak rooms.v1: no member list."
+      : "Not in a room: press Connect.";
+  members.show(presence, self, connection.options?.room ?? "", why);
+}
+
+// A room token from the server (POST /rooms/<room>/token) for the signed-in user; it fills the
+// token field. Returns the token, or null once the reason is in the log (and, if `loud`, the
+// alert line).
+async function fetchToken(room, loud) {
+  let response, body;
+  try {
+    response = await fetch(`/rooms/${encodeURIComponent(room)}/token`, {
+      method: "POST", headers: { "X-CSRFToken": csrfToken() }, cache: "no-store",
+    });
+    body = await response.json().catch(() => ({}));
+  } catch (err) {
+    body = { error: `the server is not answering (${err.message})` };
+  }
+  if (!response?.ok || typeof body.token !== "string") {
+    const message = `no token for room ${room}: ${body.error ?? "no token in the answer"}${response ? ` (HTTP ${response.status})` : ""}`;
+    if (loud) refuse(message, $("room-token"));
+    else log.add({ kind: "note", summary: `${message}; connecting without one` });
+    return null;
+  }
+  $("room-token").value = body.token;
+  tokenRoom = room;
+  const until = Number.isFinite(body.expires) ? `, until ${new Date(body.expires * 1000).toLocaleTimeString([], { hour12: false })}` : "";
+  log.add({
+    kind: "note",
+    summary: `a token for room ${body.room ?? room}: member ${body.member}, ${body.publish ? "read and publish" : "read only"}${until}`,
+  });
+  return body.token;
+}
+
+async function getToken() {
+  const room = $("room").value.trim();
+  const problem = roomError(room);
+  if (problem) return refuse(problem, $("room"));
+  if (await fetchToken(room, true)) clearError();
+}
+
+function roomChanged() {
+  if (tokenRoom !== null && tokenRoom !== $("room").value.trim()) {
+    $("room-token").value = "";  // issued for the old room: no use in this one
+    tokenRoom = null;
+  }
+}
+
+async function connect(event) {
   event.preventDefault();
+  if (preparing) return;
   const mode = $("mode").value;
   const room = $("room").value.trim();
   const { list, error } = parseSubprotocols($("subprotocols").value);
@@ -93,6 +161,19 @@ function connect(event) {
     if (!built) return;
     query = built.query;
   }
+  let token = "";
+  if (mode === "room") {
+    token = $("room-token").value.trim();
+    if (/\s/.test(token)) return refuse("a room token has no spaces: paste it whole", $("room-token"));
+    if (!token && signedIn) {
+      preparing = true;
+      try {
+        token = (await fetchToken(room, false)) ?? "";
+      } finally {
+        preparing = false;
+      }
+    }
+  }
   clearError();
   const traced = $("trace").checked;
   $("log").classList.toggle("traced", traced);
@@ -100,7 +181,7 @@ function connect(event) {
   // Room mode offers rooms.v1 (JSON frames with offsets, resume) unless unticked, then the rest.
   const subprotocols = offer(list, mode === "room" && $("rooms-v1").checked);
   connection.connect({
-    mode, room, query, consumer: mode === "test" ? "test" : $("consumer").value, subprotocols, traced,
+    mode, room, token, query, consumer: mode === "test" ? "test" : $("consumer").value, subprotocols, traced,
     reconnect: $("reconnect").checked,
   });
 }
@@ -152,6 +233,8 @@ function modeChanged() {
   const mode = $("mode").value;
   $("room-label").hidden = mode !== "room";
   $("rooms-v1-label").hidden = mode !== "room";
+  $("token-row").hidden = mode !== "room";
+  $("presence").hidden = mode !== "room";
   $("consumer-label").hidden = mode === "test";  // /ws/test/ is one (async) consumer
   if (mode === "test") $("behaviour-details").open = true;
 }
@@ -285,11 +368,15 @@ $("export-log").addEventListener("click", exportLog);
 $("search").addEventListener("input", () => log.setFilter({ text: $("search").value }));
 $("filter").addEventListener("change", () => log.setFilter({ kind: $("filter").value }));
 $("mode").addEventListener("change", modeChanged);
+$("room").addEventListener("input", roomChanged);
+$("room-token").addEventListener("input", () => { tokenRoom = null; });
+$("get-token").addEventListener("click", getToken);
 $("behaviour-form").addEventListener("input", () => { showBehaviourUrl(); if ($("mode").value === "test") settingChanged(); });
 $("behaviour-form").addEventListener("submit", (event) => event.preventDefault());
 $("copy-url").addEventListener("click", copyBehaviourUrl);
 showBehaviourUrl();
-for (const id of ["mode", "room", "rooms-v1", "consumer", "subprotocols", "trace"]) $(id).addEventListener("change", settingChanged);
+for (const id of ["mode", "room", "room-token", "rooms-v1", "consumer", "subprotocols", "trace"]) $(id).addEventListener("change", settingChanged);
 $("more-send").open = !phone.matches;  // on a phone the log and the text box come first
 showState("closed");
+modeChanged();  // a reload keeps the mode select's value
 wireConformance($("conformance"));  // "Test this browser": the Autobahn client cases

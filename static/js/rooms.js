@@ -4,6 +4,13 @@
 // recovered, and names any gap or duplicate: the server promises none, so one is a bug to show.
 // No DOM and no socket: each method takes a frame and returns the log entries to add, so the
 // cost per message is one JSON.parse and a few comparisons.
+//
+// Presence (issue 31): the welcome's `presence` ({count, members: [{member, user}]}) is who was
+// here when this member joined; `join` and `leave` frames about the other members keep it
+// current. The server counts one name with several connections once, sends a member none of
+// its own, and stops sending them past ROOM_PRESENCE_EVENTS_MAX members (then only the
+// welcome's count is known); a frame may be dropped under load (best effort, as Phoenix's
+// diffs). So Presence applies each frame idempotently and never calls a mismatch a breach.
 
 import { utf8Length } from "./format.js";
 
@@ -22,6 +29,8 @@ export function sinceQuery(position) {
 }
 
 const isOffset = (value) => Number.isSafeInteger(value) && value >= 0;
+const isEntry = (who) => typeof who?.member === "string" && who.member !== "" &&
+  (who.user === null || who.user === undefined || typeof who.user === "string");
 const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 // Standard base64 to bytes; null when it is not base64.
@@ -37,6 +46,64 @@ export function decodeBase64(text) {
   return bytes;
 }
 
+// Who is in the room, as this member knows it: `count` is the whole room (the welcome's, then
+// one more or less per join and leave), `members` the names known (the welcome lists the first
+// ROOM_PRESENCE_LIST; joins add to them), in the order they became known. `version` changes
+// with anything shown; `listVersion` only when the first `shown` names may have changed, so a
+// view redraws its list only then.
+export class Presence {
+  constructor(count, members, shown = 100) {
+    this.members = new Map();  // member name -> user (a username, or null)
+    for (const who of members) this.members.set(who.member, who.user ?? null);
+    this.count = Math.max(count, this.members.size);
+    this.shown = shown;
+    this.version = 0;
+    this.listVersion = 0;
+  }
+
+  // True when it changed anything: a join of a name already here changes nothing.
+  join(who) {
+    if (this.members.has(who.member)) return false;
+    this.members.set(who.member, who.user ?? null);
+    this.count = Math.max(this.count + 1, this.members.size);
+    if (this.members.size <= this.shown) this.listVersion++;
+    this.version++;
+    return true;
+  }
+
+  // A name not listed may still be counted (the welcome lists only the first ones); a leave
+  // that would take the count below the names known, or below 1 (this member), is ignored.
+  leave(who) {
+    if (this.members.delete(who.member)) {
+      this.count = Math.max(this.count - 1, this.members.size, 1);
+      this.listVersion++;
+      this.version++;
+      return true;
+    }
+    if (this.count > Math.max(this.members.size, 1)) {
+      this.count--;
+      this.version++;
+      return true;
+    }
+    return false;
+  }
+
+  // The first `limit` members, as [{member, user}], in the order they became known.
+  first(limit = this.shown) {
+    const out = [];
+    for (const [member, user] of this.members) {
+      if (out.length >= limit) break;
+      out.push({ member, user });
+    }
+    return out;
+  }
+}
+
+// "alice", "alice (user bob)": a member's name, and the Django user behind it when it differs.
+export function describeMember(who) {
+  return who.user && who.user !== who.member ? `${who.member} (user ${who.user})` : who.member;
+}
+
 // One rooms.v1 connection. `since` is the position it resumed from ({epoch, offset}), or null
 // for a fresh join. `position` is what the next connection resumes from: since until the
 // welcome says otherwise, then the offset of each message as it arrives.
@@ -48,6 +115,7 @@ export class RoomSession {
     this.member = null;
     this.epoch = null;
     this.replay = null;  // after a recovered resume: {expected, got, from, until}
+    this.presence = null;  // who is here (a Presence), once a welcome carried it
   }
 
   // data: a received frame (string or ArrayBuffer); size: its bytes. Returns log entries.
@@ -62,6 +130,7 @@ export class RoomSession {
       return [violation("the server sent a frame that is not JSON", data)];
     }
     if (frame?.type === "message") return this.message(frame);
+    if (frame?.type === "join" || frame?.type === "leave") return this.presenceEvent(frame, data);
     if (frame?.type === "welcome") return this.welcome(frame);
     return [violation(`the server sent a frame of unknown type ${JSON.stringify(frame?.type)}`, data)];
   }
@@ -81,6 +150,7 @@ export class RoomSession {
       summary: `welcome to room ${room}: you are member ${member}; epoch ${epoch}, offset ${offset}${said}`,
     });
     if (room !== this.room) entries.push(violation(`the server sent a welcome to room ${JSON.stringify(room)}, not ${this.room}`));
+    if (frame.presence !== undefined) entries.push(this.snapshot(frame.presence, JSON.stringify(frame)));
     const since = this.since;
     if (!since) {
       if (recovered !== undefined) entries.push(violation("the welcome of a join that did not resume says recovered"));
@@ -140,6 +210,33 @@ export class RoomSession {
       if (this.replay.got >= this.replay.expected) entries.push(this.resumed());
     }
     return entries;
+  }
+
+  // The welcome's presence: {count, members: [{member, user}]}.
+  snapshot(presence, text) {
+    const { count, members } = presence ?? {};
+    if (!isOffset(count) || !Array.isArray(members) || !members.every(isEntry)) {
+      return violation("the welcome's presence is not a count and a list of members", text);
+    }
+    this.presence = new Presence(count, members);
+    const listed = members.length < count ? `; the first ${members.length} listed` : "";
+    return { kind: "presence", summary: `${plural(count, "member", "members")} in room ${this.room}, you included${listed}` };
+  }
+
+  // A join or leave of another member.
+  presenceEvent(frame, data) {
+    if (this.epoch === null) return [violation(`the server sent a ${frame.type} before the welcome`, data)];
+    if (!isEntry(frame.member)) return [violation(`the server sent a ${frame.type} without a member`, data)];
+    if (!this.presence) this.presence = new Presence(1, this.member ? [{ member: this.member, user: null }] : []);
+    const presence = this.presence;
+    const joined = frame.type === "join";
+    const changed = joined ? presence.join(frame.member) : presence.leave(frame.member);
+    const here = changed ? `; ${plural(presence.count, "member", "members")}` : joined ? " (already here)" : " (was not here)";
+    return [{
+      kind: "presence",
+      member: frame.member.member,
+      summary: `${describeMember(frame.member)} ${joined ? "joined" : "left"}${here}`,
+    }];
   }
 
   // The resume's summary, once its replay is complete (or cut short by a live message).
