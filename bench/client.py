@@ -179,6 +179,9 @@ async def open_many(
                 urls[i % len(urls)],
                 max_frame_size=2**21,
                 extra_headers=headers,
+                # A server answering a storm of joins (a room's presence frames, 1,000 members
+                # joining one process) takes longer than picows' 5 s to answer the last ones.
+                websocket_handshake_timeout=60,
             )
 
     return await asyncio.gather(*(one(i) for i in range(count)))
