@@ -21,8 +21,9 @@ from app import metrics, protocol
 from app.dispatch import LeanAsyncConsumer, LeanSyncConsumer
 from app.handshake import denial
 from app.layers import LAYER_ERRORS
+from app.presence import Who
 from app.protocol import ConnectionState, Message, Scope
-from app.room_access import AccessRefused, Grant, grant_for
+from app.room_access import AccessRefused, grant_for
 from app.room_access import refusal as access_refusal
 from app.room_log import ROOMS_V1, Gap, InvalidSince, Member, Since, new_member_id, parse_since
 from app.rooms import InvalidRoom, Room
@@ -85,12 +86,12 @@ class BroadcastSyncConsumer(LeanSyncConsumer):
     def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="sync", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since, grant = join_request(self.scope, self.session)
+            self.room, self.member, since, who = join_request(self.scope, self.session)
             joined = async_to_sync(self.channel_layer.join)(
                 self.room.name,
                 self.channel_name,
                 since,
-                self.member.who(grant),
+                who,
                 watch=self.member.v1,
             )
         except (InvalidRoom, InvalidSince, AccessRefused, *LAYER_ERRORS) as error:
@@ -167,12 +168,12 @@ class BroadcastAsyncConsumer(LeanAsyncConsumer):
     async def websocket_connect(self, event: Message) -> None:
         self.session = Session.from_settings(self.scope, consumer="async", subprotocols=[ROOMS_V1])
         try:
-            self.room, self.member, since, grant = join_request(self.scope, self.session)
+            self.room, self.member, since, who = join_request(self.scope, self.session)
             joined = await self.channel_layer.join(
                 self.room.name,
                 self.channel_name,
                 since,
-                self.member.who(grant),
+                who,
                 watch=self.member.v1,
             )
         except (InvalidRoom, InvalidSince, AccessRefused, *LAYER_ERRORS) as error:
@@ -281,17 +282,18 @@ class TraceConsumer(LeanAsyncConsumer):
         raise StopConsumer()
 
 
-def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None, Grant]:
-    """The room a handshake asks for, its member, where a ``rooms.v1`` member resumes, and
-    what it may do; raises ``InvalidRoom`` or ``InvalidSince`` (400: a malformed ``since`` is
-    refused on either protocol), then ``AccessRefused`` (403, app/room_access.py)."""
+def join_request(scope: Scope, session: Session) -> tuple[Room, Member, Since | None, Who]:
+    """The room a handshake asks for, its member, where a ``rooms.v1`` member resumes, and who
+    it is in the room's presence; raises ``InvalidRoom`` or ``InvalidSince`` (400: a malformed
+    ``since`` is refused on either protocol), then ``AccessRefused`` (403, app/room_access.py)."""
     room = Room.from_scope(scope)
     since = parse_since(scope.get("query_string", b""))
     grant = grant_for(scope, room.name)
     offered = scope.get("subprotocols") or ()
     v1 = choose_subprotocol(offered, session.supported_subprotocols) == ROOMS_V1
-    member = Member(room.name, grant.member or new_member_id(), v1, publish=grant.publish)
-    return room, member, since if v1 else None, grant
+    who = Who(grant.member or new_member_id(), grant.user)
+    member = Member(room.name, who.member, v1, publish=grant.publish)
+    return room, member, since if v1 else None, who
 
 
 def mend_upto(layer, room: Room, gap: Gap) -> int:

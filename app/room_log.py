@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from app import protocol
-from app.presence import Who
 from app.protocol import Message
 
 #: The subprotocol a client offers to get JSON frames with offsets instead of plain forwarding.
@@ -227,10 +226,6 @@ class Member:
     v1: bool
     last: int = 0
     publish: bool = True  # False: a read-only member (its token says so)
-
-    def who(self, grant) -> Who:
-        """This member in the room's presence: its name, and the signed-in user behind it."""
-        return Who(self.id, grant.user)
 
     def joined(self, joined: Joined) -> list[Message]:
         """The welcome (``rooms.v1`` only) and the messages recovered; live delivery goes on

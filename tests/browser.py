@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Debian's chromium; CHROMIUM_PATH overrides it on other systems.
@@ -56,3 +58,33 @@ def connect(page, kind: str, subprotocols: str = "") -> None:
 def send_text(page, text: str) -> None:
     page.fill("#text", text)
     page.press("#text", "Enter")
+
+
+#: A refused handshake's console lines: the browser's, not the page's.
+REFUSED = r"WebSocket connection to .* failed|Failed to load resource"
+
+
+@contextmanager
+def page_on(browser, server, *, cookies: list[dict] | None = None, refused: bool = False):
+    """A fresh page on ``server`` that fails the test on any script or console error, but a
+    refused handshake's when ``refused`` (a reconnect while the server is down, a 403)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    if cookies:
+        context.add_cookies(cookies)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not (refused and re.search(REFUSED, m.text))
+            else None
+        ),
+    )
+    page.goto(server.http_url + "/")
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"browser errors: {errors}"

@@ -12,12 +12,11 @@ import re
 import subprocess
 import sys
 import uuid
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
 
-from tests.browser import chromium_missing, entries
+from tests.browser import chromium_missing, entries, page_on
 from tests.conftest import assert_clean_log
 from tests.servers import ROOT, LiveServer
 
@@ -33,7 +32,6 @@ from tests.test_browser_client import axe_violations  # noqa: E402
 
 #: A handshake the server refuses (a private room without a token) is the browser's console
 #: error, expected where a test asks for one.
-REFUSED = r"WebSocket connection to .* failed|Failed to load resource"
 
 
 def new_room(prefix: str = "presence") -> str:
@@ -46,32 +44,6 @@ def server(server_env):
     yield live
     live.stop()
     assert_clean_log(live.log())
-
-
-@contextmanager
-def page_on(browser, server: LiveServer, *, cookies: list[dict] | None = None, refused=False):
-    """A fresh page on ``server`` that fails the test on any script or console error (but a
-    refused handshake's, when ``refused``)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    if cookies:
-        context.add_cookies(cookies)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on(
-        "console",
-        lambda m: (
-            errors.append(m.text)
-            if m.type == "error" and not (refused and re.search(REFUSED, m.text))
-            else None
-        ),
-    )
-    page.goto(server.http_url + "/")
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"browser errors: {errors}"
 
 
 def join(page: Page, room: str, token: str | None = None) -> str:

@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 
 from tests import servers
-from tests.browser import chromium_missing, entries, send_text
+from tests.browser import chromium_missing, entries, page_on, send_text
 from tests.conftest import assert_clean_log
 from tests.servers import LiveServer
 from tests.test_redis import broadcast_command
@@ -32,33 +32,10 @@ from websockets.sync.client import connect as ws_connect  # noqa: E402
 #: busy 2-core machine is met by one of them well within this (ms).
 RECONNECT = 30_000
 #: What Chromium prints for each reconnect refused while the server is down.
-REFUSED = r"WebSocket connection to .* failed|Failed to load resource"
 
 
 def new_room() -> str:
     return f"page-{uuid.uuid4().hex[:10]}"
-
-
-@contextmanager
-def page_on(browser, server: LiveServer):
-    """A fresh page on ``server``; fails on any script error (a refused reconnect's console
-    line is the browser's, not the page's, and expected while the server is down)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on(
-        "console",
-        lambda m: (
-            errors.append(m.text) if m.type == "error" and not re.search(REFUSED, m.text) else None
-        ),
-    )
-    page.goto(server.http_url + "/")
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors == [], f"browser errors: {errors}"
 
 
 def join(page: Page, room: str, *, reconnect: bool = True, kind: str = "async") -> None:
@@ -160,7 +137,7 @@ def test_offsets_and_senders_then_a_restart_in_memory_is_not_recovered(browser, 
     room = new_room()
     server = LiveServer("uvicorn", env=env).wait_ready()
     try:
-        with page_on(browser, server) as page:
+        with page_on(browser, server, refused=True) as page:
             join(page, room)
             expect(entries(page, "welcome")).to_contain_text(
                 re.compile(rf"welcome to room {room}: you are member [A-Za-z0-9_-]{{16}}; "
@@ -224,7 +201,7 @@ def test_a_restart_on_redis_resumes_with_every_missed_message(browser, server_en
     other_server.wait_ready()
     server.wait_ready()
     try:
-        with page_on(browser, server) as page:
+        with page_on(browser, server, refused=True) as page:
             join(page, room, kind="sync")
             for text in ("one", "two"):
                 send_text(page, text)
