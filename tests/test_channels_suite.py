@@ -37,7 +37,12 @@ def start_suite(copy: Path, report: Path, *plugins: str) -> subprocess.Popen[str
         "PYTHONPATH": os.pathsep.join([str(PLUGINS), str(ROOT)]),
         "LEAN_BASES_RECORD": str(report.with_suffix(".lean.json")),
     }
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    # --reruns 1: the two runs go side by side, each driving Chromium through Selenium, on a
+    # shared 2-core machine; Channels' real-time Selenium tests then miss an update now and then
+    # (stock Channels' test_real_time_delete_message, '0' != '1', in one clean-clone run). A test
+    # still has to pass, and both runs are held to it alike.
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--reruns", "1",
+            f"--junitxml={report}"]  # fmt: skip
     for plugin in ("chromium_as_root", *plugins):
         args += ["-p", plugin]
     return subprocess.Popen(
