@@ -71,6 +71,16 @@ def make_communicator(
     return communicator
 
 
+async def refused_handshake(communicator: WebsocketCommunicator) -> tuple[int, str]:
+    """The status and body of a handshake the application refuses (with the
+    ``websocket.http.response`` extension), once the consumer has ended."""
+    await communicator.send_input({"type": "websocket.connect"})
+    start = await communicator.receive_output()
+    body = await communicator.receive_output()
+    await communicator.wait()
+    return start["status"], body["body"].decode()
+
+
 @pytest.fixture
 def communicator_factory():
     """Yields ``make_communicator`` and disconnects every communicator it made at the end."""

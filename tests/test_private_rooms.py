@@ -11,6 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from app.room_access import make_token
+from tests.conftest import refused_handshake
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -23,11 +24,7 @@ async def refused(factory, path: str) -> tuple[int, str]:
     communicator = factory(
         path, subprotocols=["rooms.v1"], extensions={"websocket.http.response": {}}
     )
-    await communicator.send_input({"type": "websocket.connect"})
-    start = await communicator.receive_output()
-    body = await communicator.receive_output()
-    await communicator.wait()
-    return start["status"], body["body"].decode()
+    return await refused_handshake(communicator)
 
 
 @pytest.mark.asyncio

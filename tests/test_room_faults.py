@@ -17,8 +17,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from unittest import mock
@@ -41,7 +39,8 @@ from tests.room_client import (
     mark_end,
     new_room,
 )
-from tests.servers import ROOT, LiveServer
+from tests.servers import LiveServer
+from tests.test_redis import broadcast_command
 from tests.test_sentinel import cluster, master_port, wait_until  # noqa: F401 (cluster: a fixture)
 
 pytestmark = [pytest.mark.server, pytest.mark.redis, pytest.mark.asyncio]
@@ -169,17 +168,6 @@ def closes_before_the_end(members: list[Member]) -> collections.Counter:
 # --- restarts -------------------------------------------------------------------------------
 
 
-def broadcast(redis_url: str, room: str, text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "broadcast", room, text],
-        cwd=ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 async def test_a_rolling_restart_of_two_processes_loses_nothing(pair, redis_server):
     """SIGTERM to one process, then start it again on its port; then the other. Members are
     closed 1012, come back with ``since`` (on the other process while theirs is down) and every
@@ -194,7 +182,7 @@ async def test_a_rolling_restart_of_two_processes_loses_nothing(pair, redis_serv
         await progress(watcher, 30)
         _, result = await asyncio.gather(
             asyncio.to_thread(pair.restart, 0),
-            asyncio.to_thread(broadcast, redis_server.url, room, pushed),
+            asyncio.to_thread(broadcast_command, redis_server.url, room, pushed),
         )
         assert result.returncode == 0, result.stderr
         await progress(watcher, 30)

@@ -13,6 +13,7 @@ from channels.layers import get_channel_layer
 
 from app.layers import message_bytes
 from app.rooms import MAX_ROOM_NAME_LENGTH
+from tests.conftest import refused_handshake
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -166,12 +167,7 @@ async def test_a_malformed_since_is_refused_at_the_handshake(communicator_factor
         subprotocols=["rooms.v1"],
         extensions={"websocket.http.response": {}},
     )
-    await communicator.send_input({"type": "websocket.connect"})
-    start = await communicator.receive_output()
-    body = await communicator.receive_output()
-    await communicator.wait()
-    assert start["status"] == 400
-    assert body["body"].decode() == f"400 Bad Request: {why}\n"
+    assert await refused_handshake(communicator) == (400, f"400 Bad Request: {why}\n")
 
 
 async def test_a_room_name_of_the_maximum_length_is_fine(communicator_factory):
