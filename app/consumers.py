@@ -315,9 +315,7 @@ def room_refusal(scope: Scope, error: Exception) -> list[Message]:
     unreachable channel layer (503)."""
     if isinstance(error, AccessRefused):
         return access_refusal(scope, error)
-    if isinstance(error, InvalidRoom):
-        return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
-    if isinstance(error, InvalidSince):
+    if isinstance(error, InvalidRoom | InvalidSince):
         return denial(scope, HTTPStatus.BAD_REQUEST, str(error), reason="room")
     metrics.layer_errors.labels("group_add").inc()
     why = f"channel layer unavailable: {error}"

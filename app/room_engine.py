@@ -33,6 +33,7 @@ from app.room_log import (
     HistoryLimits,
     Joined,
     Since,
+    event_bytes,
     new_epoch,
     payload,
     room_event,
@@ -218,9 +219,9 @@ class Rooms(BoundedInMemoryChannelLayer):
     def deliver(self, state: RoomState, event: Message) -> None:
         """Keep ``event`` and queue it for every member here (dropped, counted and logged for
         a full queue: the member mends the gap from the history)."""
-        history = state.history
+        history, size = state.history, event_bytes(event)  # reckoned once, for both
         held = history.held
-        history.append(event)
+        history.append(event, size)
         if history.held != held:
             self.held += history.held - held
             self.kept[state.name] = state
@@ -228,7 +229,7 @@ class Rooms(BoundedInMemoryChannelLayer):
             if self.held > self.total:
                 self.evict()
         if state.members:
-            size, now = event_size(event), time.time()
+            now = time.time()
             for channel in list(state.members):
                 self._put(channel, event, dict, size, now)
 
@@ -282,12 +283,6 @@ class Rooms(BoundedInMemoryChannelLayer):
                 "bytes": self.limits.max_bytes,
             },
         }
-
-
-def event_size(event: Message) -> int:
-    """What a queued room event holds: its frame and its body, plus the queue's overhead."""
-    body = event.get("text") if event.get("text") is not None else event.get("bytes") or b""
-    return 200 + len(event["envelope"]) + len(body)
 
 
 class MemoryRooms(Rooms):

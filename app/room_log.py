@@ -147,7 +147,8 @@ class HistoryLimits:
 
 
 def event_bytes(event: Message) -> int:
-    """What one kept message holds, roughly: its frame, its body and a fixed overhead."""
+    """What one room event holds, kept or queued, roughly: its frame, its body and a fixed
+    overhead."""
     body = event.get("text") if event.get("text") is not None else event.get("bytes") or b""
     return 200 + len(event["envelope"]) + len(body)
 
@@ -162,12 +163,13 @@ class History:
     entries: deque = field(default_factory=deque)  # (offset, monotonic time, bytes, event)
     held: int = 0
 
-    def append(self, event: Message) -> None:
-        """Keep ``event``, whose offset is ``last + 1``, dropping what falls out of the limits."""
+    def append(self, event: Message, size: int | None = None) -> None:
+        """Keep ``event``, whose offset is ``last + 1`` and which holds ``size`` bytes (default
+        ``event_bytes``), dropping what falls out of the limits."""
         self.last = event["offset"]
         if not self.limits.on:
             return
-        size = event_bytes(event)
+        size = event_bytes(event) if size is None else size
         self.entries.append((self.last, time.monotonic(), size, event))
         self.held += size
         while len(self.entries) > self.limits.size or (
